@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The README's test command: install everything, then lint, type-check and run every test
+# against the real RabbitMQ cluster, PostgreSQL and Kubernetes control plane.
+#
+#   scripts/test.sh                 # everything
+#   scripts/test.sh -m unit         # a slice (unit | integration | k8s | chaos)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$SECONDS
+
+scripts/install-deps.sh
+scripts/build-k8s-tools.sh >/dev/null
+echo "[test] set-up done in $((SECONDS - start)) s"
+
+.venv/bin/ruff check .
+.venv/bin/ruff format --check . >/dev/null || { echo "[test] ruff format would change files (run: .venv/bin/ruff format .)"; exit 1; }
+.venv/bin/mypy
+echo "[test] lint and types done in $((SECONDS - start)) s"
+
+set +e
+.venv/bin/pytest "$@"
+status=$?
+set -e
+echo "[test] finished in $((SECONDS - start)) s (pytest exit $status)"
+exit $status

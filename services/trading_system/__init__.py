@@ -1,0 +1,3 @@
+"""TradingSystem services: the high-availability trading pipeline."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The embedded demo: simulated traders driving the in-process pipeline. See docs/demo.md."""

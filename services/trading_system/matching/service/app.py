@@ -1,0 +1,498 @@
+"""The matching service process: bus consumer + runner + HTTP.
+
+    trading-system matching --engine-id m1 --db-url postgresql+asyncpg://... \
+        --bus-mode rabbitmq --bus-url amqp://... --role active --epoch 1 --http-port 8080
+
+Commands arrive on the quorum queue ``matching.commands.<engine-id>`` with
+single-active-consumer; each handler call hands its command to a batcher, which submits
+up to ``--batch-size`` commands at once to the runner (journal, match, publish with
+confirms) and releases the handlers, whose return makes the bus ack. Only the active
+member consumes; standby and fenced members tail the journal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import REGISTRY, CollectorRegistry
+
+from trading_system.bus.consumer import Subscription
+from trading_system.bus.envelope import Envelope
+from trading_system.bus.errors import PermanentError
+from trading_system.bus.facade import MessageBus
+from trading_system.bus.topology import Binding, Exchange, Topology, WorkQueue
+from trading_system.common.auth import Scope, TokenSet
+from trading_system.common.http import Readiness, ServiceHttp, json_error, require
+from trading_system.matching.core import Command, SymbolSpec, event_to_dict
+from trading_system.matching.service.codec import CommandDecodeError, command_from_dict
+from trading_system.matching.service.engine_runner import EngineRunner, EventBatch, NotActiveError, Role
+from trading_system.matching.service.journal import Journal
+from trading_system.matching.service.messages import (
+    COMMAND_ROUTING_KEY,
+    EVENTS_ROUTING_KEY,
+    MatchingCommand,
+    MatchingEvents,
+    register,
+)
+from trading_system.matching.service.metrics import MatchingMetrics
+from trading_system.storage import create_engine
+from trading_system.storage.fencing import FencedError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MatchingConfig:
+    engine_id: str
+    db_url: str
+    role: Role = Role.STANDBY
+    epoch: int = 0
+    bus_mode: str | None = None
+    bus_urls: tuple[str, ...] = ()
+    http_host: str = "0.0.0.0"
+    http_port: int = 8080
+    holder: str = field(default_factory=socket.gethostname)
+    pair_name: str | None = None
+    specs: tuple[SymbolSpec, ...] = ()
+    batch_size: int = 64
+    tail_interval: float = 0.05
+    snapshot_every: int = 10_000
+    epoch_check_interval: float = 1.0
+
+    @property
+    def command_queue(self) -> str:
+        return f"matching.commands.{self.engine_id}"
+
+    def topology(self, exchange: str) -> Topology:
+        return Topology(
+            exchanges=(Exchange(exchange),),
+            queues=(
+                WorkQueue(
+                    self.command_queue,
+                    bindings=(Binding(exchange, f"{COMMAND_ROUTING_KEY}.{self.engine_id}"),),
+                    single_active_consumer=True,
+                ),
+            ),
+        )
+
+
+class _NotActive(Exception):
+    """The command was not processed because this member stopped being active."""
+
+
+class _Batcher:
+    """Collects concurrently delivered commands into one runner batch, in arrival order.
+
+    A command the runner refuses because it is no longer active (fenced, demoted) is
+    neither acked nor rejected: its handler is *held* until the consumer's channel is
+    closed, which returns it to the queue in order for the next active member. Acking
+    would lose it; a retry copy would reorder it behind later commands.
+    """
+
+    def __init__(self, runner: EngineRunner, max_batch: int) -> None:
+        self.runner = runner
+        self.max_batch = max_batch
+        self.queue: asyncio.Queue[tuple[Command, asyncio.Future[None]]] = asyncio.Queue()
+        self.task: asyncio.Task[None] | None = None
+        self.busy = asyncio.Lock()
+        self.released = asyncio.Event()
+
+    def start(self) -> None:
+        self.released = asyncio.Event()
+        self.task = asyncio.create_task(self._run(), name="matching-batcher")
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop taking batches; a batch being submitted may finish (up to ``grace``)."""
+        if self.task is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await self.busy.acquire()
+                    self.busy.release()
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+            self.task = None
+        while not self.queue.empty():
+            _, fut = self.queue.get_nowait()
+            if not fut.done():
+                fut.set_exception(_NotActive())
+
+    def release_held(self) -> None:
+        """The consumer is closed (held deliveries went back to the queue): end the handlers."""
+        self.released.set()
+
+    async def submit(self, cmd: Command) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait((cmd, fut))
+        try:
+            await fut
+        except _NotActive:
+            released = self.released
+            await released.wait()
+            # Not an Exception: the bus must neither ack nor copy this delivery, the
+            # broker already returned it to the queue when the channel closed.
+            raise asyncio.CancelledError("matching engine is no longer active") from None
+
+    async def _run(self) -> None:
+        while True:
+            items = [await self.queue.get()]
+            while len(items) < self.max_batch and not self.queue.empty():
+                items.append(self.queue.get_nowait())
+            error: BaseException | None = None
+            try:
+                async with self.busy:
+                    await self._submit_with_retry([cmd for cmd, _ in items])
+            except (FencedError, NotActiveError):
+                error = _NotActive()
+            except asyncio.CancelledError:
+                error = _NotActive()
+                raise
+            finally:
+                for _, fut in items:
+                    if not fut.done():
+                        if error is None:
+                            fut.set_result(None)
+                        else:
+                            fut.set_exception(error)
+
+    async def _submit_with_retry(self, commands: list[Command]) -> None:
+        # A database or broker failure is retried here, in place, rather than through
+        # the bus's delay queues: a retried copy would come back behind later commands
+        # and the journal order is the book. Consumption pauses meanwhile (the handlers
+        # wait), /readyz reports the failing dependency, and the operator decides.
+        delay = 0.05
+        while True:
+            try:
+                await self.runner.submit(commands)
+                return
+            except (FencedError, NotActiveError):
+                raise
+            except Exception as exc:
+                log.warning("matching batch of %d failed, retrying in %.2fs: %r", len(commands), delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+
+class MatchingService:
+    def __init__(
+        self,
+        config: MatchingConfig,
+        *,
+        bus: MessageBus | None = None,
+        registry: CollectorRegistry | None = REGISTRY,
+    ) -> None:
+        self.config = config
+        self.db = create_engine(config.db_url)
+        self.journal = Journal(self.db, config.engine_id, config.pair_name)
+        self.metrics = MatchingMetrics.create(registry)
+        self.bus = bus or MessageBus.from_env(
+            mode=config.bus_mode,
+            urls=config.bus_urls or None,
+            service=f"matching-{config.engine_id}",
+            metrics_registry=registry,
+        )
+        register(self.bus.registry)
+        self.runner = EngineRunner(
+            self.journal,
+            self.publish,
+            role=Role.STANDBY,
+            epoch=config.epoch,
+            specs=config.specs,
+            holder=config.holder,
+            snapshot_every=config.snapshot_every,
+            metrics=self.metrics,
+            on_role_change=self._role_changed,
+        )
+        self.batcher = _Batcher(self.runner, config.batch_size)
+        self.http = ServiceHttp(self.readiness, TokenSet.from_env(), registry or REGISTRY)
+
+        @require(Scope.ADMIN)
+        async def promote(request: web.Request) -> web.StreamResponse:
+            return await self._promote(request)
+
+        @require(Scope.ADMIN)
+        async def demote(request: web.Request) -> web.StreamResponse:
+            return await self._demote(request)
+
+        self.http.app.router.add_post("/promote", promote)
+        self.http.app.router.add_post("/demote", demote)
+        self.http.app.router.add_get("/book/{symbol}", self._book)
+        self.http_port: int | None = None
+        self._subscription: Subscription | None = None
+        self._role_task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.journal.migrate()
+        await self.bus.start()
+        await self.bus.declare(self.config.topology(self.bus.settings.default_exchange))
+        applied = await self.runner.recover()
+        log.info(
+            "matching %s rebuilt to seq %d (%d replayed)",
+            self.config.engine_id,
+            self.runner.applied_seq,
+            applied,
+        )
+        self.http_port = await self.http.start(self.config.http_host, self.config.http_port)
+        self._tasks.append(
+            asyncio.create_task(self.runner.run_standby(self._stop, self.config.tail_interval))
+        )
+        self._tasks.append(asyncio.create_task(self._watch_epoch()))
+        if self.config.role is Role.ACTIVE:
+            await self.runner.promote(self.config.epoch)
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._role_task is not None:
+            with contextlib.suppress(Exception):
+                await self._role_task
+        await self._stop_consuming()
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.http.stop()
+        await self.bus.close()
+        await self.db.dispose()
+
+    async def _watch_epoch(self) -> None:
+        # A paused or partitioned active learns it lost its role even without traffic.
+        while not self._stop.is_set():
+            with contextlib.suppress(Exception):
+                await self.runner.check_epoch()
+            self._report_depth()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.config.epoch_check_interval)
+
+    def _report_depth(self) -> None:
+        engine = self.runner.engine
+        for symbol in engine.symbols:
+            depth = engine.depth(symbol, levels=100_000)
+            self.metrics.book_depth.labels(symbol, "bid").set(len(depth.bids))
+            self.metrics.book_depth.labels(symbol, "ask").set(len(depth.asks))
+
+    def _role_changed(self, role: Role) -> None:
+        # Called inside the runner's lock: switch consumption in a task of its own.
+        previous = self._role_task
+        self._role_task = asyncio.create_task(self._apply_role(role, previous))
+
+    async def _apply_role(self, role: Role, previous: asyncio.Task[None] | None) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])
+        if role is Role.ACTIVE:
+            await self._start_consuming()
+        else:
+            await self._stop_consuming()
+
+    async def _start_consuming(self) -> None:
+        if self._subscription is not None:
+            return
+        self.batcher.start()
+        self._subscription = await self.bus.subscribe(
+            self.config.command_queue,
+            self._handle,
+            prefetch=max(self.config.batch_size * 2, 1),
+            concurrency=self.config.batch_size,
+        )
+
+    async def _stop_consuming(self) -> None:
+        sub, self._subscription = self._subscription, None
+        await self.batcher.stop()
+        if sub is not None:
+            # Held handlers never finish on their own: a short grace, then the channel
+            # closes and the broker returns their deliveries to the queue.
+            await sub.cancel(grace=0.2)
+            self.batcher.release_held()
+            await self.bus.unsubscribe(sub)
+        self.batcher.release_held()
+
+    async def _handle(self, env: Envelope[Any]) -> None:
+        payload = env.payload
+        if not isinstance(payload, MatchingCommand) or payload.engine_id != self.config.engine_id:
+            raise PermanentError(f"not a command for matching engine {self.config.engine_id}")
+        try:
+            cmd = command_from_dict(payload.command)
+        except CommandDecodeError as exc:
+            raise PermanentError(str(exc)) from exc
+        await self.batcher.submit(cmd)
+
+    async def publish(self, batch: EventBatch) -> None:
+        envelopes = [
+            self.bus.envelope(
+                MatchingEvents(
+                    engine_id=batch.engine_id,
+                    epoch=batch.epoch,
+                    seq=entry.seq,
+                    command_id=entry.command_id,
+                    events=[event_to_dict(e) for e in entry.events],
+                ),
+                epoch=batch.epoch,
+                sequence=entry.seq,
+                message_id=f"{batch.engine_id}:{entry.seq}",
+            )
+            for entry in batch.entries
+        ]
+        # One AMQP message per runner batch (one confirm, one quorum write); consumers
+        # still see one envelope per journal entry, in order, each with (epoch, seq).
+        routing_key = f"{EVENTS_ROUTING_KEY}.{batch.engine_id}"
+        step = self.bus.settings.max_batch_size
+        for start in range(0, len(envelopes), step):
+            await self.bus.publish_batch(
+                envelopes[start : start + step], routing_key=routing_key, mandatory=False
+            )
+
+    # -- HTTP ---------------------------------------------------------------------------
+
+    async def readiness(self) -> Readiness:
+        health = self.bus.health()
+        try:
+            lag = await self.runner.refresh_lag()
+            db_ok, db_error = True, None
+        except Exception as exc:
+            lag, db_ok, db_error = self.runner.lag, False, repr(exc)
+        r = self.runner
+        details: dict[str, object] = {
+            "role": r.role.value,
+            "epoch": r.epoch,
+            "lag": lag,
+            "applied_seq": r.applied_seq,
+            "broker": {
+                "status": health.status,
+                "connected": health.connected,
+                "reasons": list(health.reasons),
+            },
+            "db": {"ok": db_ok, **({"error": db_error} if db_error else {})},
+            "consuming": self._subscription is not None,
+        }
+        ready = health.ready and db_ok and r.role is not Role.FENCED
+        return Readiness(ready, details)
+
+    async def _promote(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            epoch = int(body["epoch"])
+        except (ValueError, KeyError, TypeError):
+            return json_error(400, 'body must be {"epoch": N}')
+        try:
+            await self.runner.promote(epoch)
+        except FencedError as exc:
+            return json_error(409, str(exc), current=exc.current)
+        except ValueError as exc:
+            return json_error(400, str(exc))
+        return web.json_response(
+            {
+                "role": self.runner.role.value,
+                "epoch": self.runner.epoch,
+                "applied_seq": self.runner.applied_seq,
+            }
+        )
+
+    async def _demote(self, request: web.Request) -> web.Response:
+        await self.runner.demote()
+        return web.json_response({"role": self.runner.role.value, "epoch": self.runner.epoch})
+
+    async def _book(self, request: web.Request) -> web.Response:
+        symbol = request.match_info["symbol"]
+        levels = int(request.query.get("levels", "10"))
+        if symbol not in self.runner.engine.symbols:
+            return json_error(404, f"unknown symbol {symbol!r}")
+        return web.json_response(self.runner.book(symbol, levels))
+
+    async def run(self) -> None:
+        await self.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, self._stop.set)
+        try:
+            await self._stop.wait()
+        finally:
+            await self.stop()
+
+
+# -- CLI ----------------------------------------------------------------------------------
+
+
+def parse_symbol(text: str) -> SymbolSpec:
+    """``SYMBOL[:tick[:lot[:band_bps[:reference_price]]]]``"""
+    parts = text.split(":")
+    numbers = [int(p) for p in parts[1:]]
+    numbers += [0] * (4 - len(numbers))
+    tick, lot, band, ref = numbers[:4]
+    return SymbolSpec(parts[0], tick_size=tick or 1, lot_size=lot or 1, band_bps=band, reference_price=ref)
+
+
+def add_matching_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``matching`` subcommand; its handler is ``args.func(args) -> int``."""
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "matching", help="run a matching engine (active or standby)"
+    )
+    p.add_argument("--engine-id", required=True)
+    p.add_argument("--db-url", required=True)
+    p.add_argument("--bus-url", action="append", default=[], help="RabbitMQ URL (repeatable)")
+    p.add_argument("--bus-mode", default=None, help="rabbitmq | in_memory | auto (default: environment)")
+    p.add_argument("--role", choices=[Role.ACTIVE.value, Role.STANDBY.value], default=Role.STANDBY.value)
+    p.add_argument("--epoch", type=int, default=0, help="epoch to take when starting active")
+    p.add_argument("--http-host", default="0.0.0.0")
+    p.add_argument("--http-port", type=int, default=8080)
+    p.add_argument("--holder", default=socket.gethostname(), help="name written to the fence row")
+    p.add_argument("--pair-name", default=None, help="fence row (default matching-<engine-id>)")
+    p.add_argument(
+        "--symbol",
+        action="append",
+        default=[],
+        type=parse_symbol,
+        help="SYMBOL[:tick[:lot[:band_bps[:ref]]]] (repeatable; same on both members)",
+    )
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--snapshot-every", type=int, default=10_000)
+    p.set_defaults(func=run_matching)
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> MatchingConfig:
+    return MatchingConfig(
+        engine_id=args.engine_id,
+        db_url=args.db_url,
+        role=Role(args.role),
+        epoch=args.epoch,
+        bus_mode=args.bus_mode,
+        bus_urls=tuple(args.bus_url),
+        http_host=args.http_host,
+        http_port=args.http_port,
+        holder=args.holder,
+        pair_name=args.pair_name,
+        specs=tuple(args.symbol),
+        batch_size=args.batch_size,
+        snapshot_every=args.snapshot_every,
+    )
+
+
+def run_matching(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    asyncio.run(MatchingService(config_from_args(args)).run())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="trading-system")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_matching_parser(sub)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

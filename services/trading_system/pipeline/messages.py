@@ -1,0 +1,79 @@
+"""What the in-process pipeline puts on the bus besides the catalog, and its topology.
+
+Commands travel as catalog messages (``order.new``, ``order.cancel``) to one ordered
+queue the venue consumes. The venue answers each command with ONE ``matching.events``
+message carrying the engine's event tuples in sequence order (one publish, one ack per
+command); the coordinator, settlement and execution each read their own copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import astuple, dataclass
+from typing import Any
+
+from trading_system.bus import Binding, Exchange, MessageBus, Topology, WorkQueue
+from trading_system.bus.catalog import default_registry
+from trading_system.bus.messages import BusMessage, MessageRegistry
+
+EXCHANGE = "ts.events"
+COMMANDS_QUEUE = "matching.commands"
+COORDINATOR_QUEUE = "coordinator.events"
+SETTLEMENT_QUEUE = "settlement.events"
+EXECUTION_QUEUE = "execution.events"
+EVENTS_KEY = "matching.events"
+
+
+class MatchingEvents(BusMessage):
+    """The events one command produced, in engine sequence order (see docs/matching.md)."""
+
+    message_type = "matching.events"
+    venue: str
+    events: tuple[tuple[Any, ...], ...]
+
+
+def registry() -> MessageRegistry:
+    reg = default_registry()
+    reg.register(MatchingEvents)
+    return reg
+
+
+@dataclass(frozen=True, slots=True)
+class Names:
+    """Exchange and queue names; a namespace keeps a demo off a shared broker's traffic."""
+
+    exchange: str = EXCHANGE
+    commands: str = COMMANDS_QUEUE
+    coordinator: str = COORDINATOR_QUEUE
+    settlement: str = SETTLEMENT_QUEUE
+    execution: str = EXECUTION_QUEUE
+
+    @classmethod
+    def namespaced(cls, namespace: str) -> Names:
+        if not namespace:
+            return cls()
+        return cls(*(f"{namespace}.{name}" for name in astuple(cls())))
+
+
+DEFAULT_NAMES = Names()
+
+
+def topology(names: Names = DEFAULT_NAMES) -> Topology:
+    commands = tuple(Binding(names.exchange, key) for key in ("order.new", "order.cancel"))
+    events = (Binding(names.exchange, EVENTS_KEY),)
+    return Topology(
+        exchanges=(Exchange(names.exchange),),
+        queues=(
+            WorkQueue(names.commands, commands, single_active_consumer=True),
+            WorkQueue(names.coordinator, events),
+            WorkQueue(names.settlement, events),
+            WorkQueue(names.execution, events),
+        ),
+    )
+
+
+def make_bus(url: str | None, service: str = "demo") -> MessageBus:
+    """In-memory bus unless ``url`` names a RabbitMQ broker (then no silent fallback)."""
+    if url:
+        urls = [u.strip() for u in url.split(",") if u.strip()]  # several nodes: comma-separated
+        return MessageBus.from_env(mode="rabbitmq", urls=urls, service=service, registry=registry())
+    return MessageBus.from_env(mode="in_memory", service=service, registry=registry())

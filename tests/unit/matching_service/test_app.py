@@ -1,0 +1,173 @@
+"""The service process on SQLite and the in-memory bus: consume, journal, publish, HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from prometheus_client import CollectorRegistry
+
+from tests.unit.matching_service.helpers import SPECS, command_stream, eventually, take
+from trading_system.bus.config import BusSettings
+from trading_system.bus.envelope import Envelope
+from trading_system.bus.facade import MessageBus
+from trading_system.bus.topology import Binding, Exchange, Topology, WorkQueue
+from trading_system.matching.service import Role, command_to_dict
+from trading_system.matching.service.app import (
+    MatchingConfig,
+    MatchingService,
+    add_matching_parser,
+    config_from_args,
+)
+from trading_system.matching.service.messages import MatchingCommand, MatchingEvents
+
+pytestmark = pytest.mark.unit
+ADMIN = "admin-secret"
+
+
+def make_service(tmp_path: Path, role: Role, epoch: int) -> MatchingService:
+    config = MatchingConfig(
+        engine_id="m1",
+        db_url=f"sqlite+aiosqlite:///{tmp_path / 'm.db'}",
+        role=role,
+        epoch=epoch,
+        http_host="127.0.0.1",
+        http_port=0,
+        holder=f"h-{role}",
+        specs=SPECS,
+        batch_size=16,
+        tail_interval=0.01,
+        epoch_check_interval=0.05,
+    )
+    registry = CollectorRegistry()
+    bus = MessageBus(
+        BusSettings(mode="in_memory", service="test", depth_poll_interval=0), metrics_registry=registry
+    )
+    return MatchingService(config, bus=bus, registry=registry)
+
+
+@pytest_asyncio.fixture(loop_scope="function")
+async def active(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[MatchingService]:
+    monkeypatch.setenv("TRADING_SYSTEM_ADMIN_TOKENS", ADMIN)
+    service = make_service(tmp_path, Role.ACTIVE, 1)
+    await service.start()
+    yield service
+    await service.stop()
+
+
+async def test_commands_flow_through_journal_to_events(active: MatchingService) -> None:
+    bus = active.bus
+    await bus.declare(
+        Topology(
+            exchanges=(Exchange("ts.events"),),
+            queues=(WorkQueue("events-sink", bindings=(Binding("ts.events", "matching.events.#"),)),),
+        )
+    )
+    got: list[Envelope[Any]] = []
+
+    async def sink(env: Envelope[Any]) -> None:
+        got.append(env)
+
+    await bus.subscribe("events-sink", sink)
+    await eventually(lambda: active._subscription is not None)
+    cmds = take(command_stream(), 40)
+    for cmd in [*cmds, *cmds[:5]]:  # the last five are redeliveries: ignored
+        await bus.publish(
+            MatchingCommand(engine_id="m1", command=command_to_dict(cmd)), routing_key="matching.command.m1"
+        )
+    await eventually(lambda: active.runner.applied_seq == 40 and len(got) == 40)
+    await asyncio.sleep(0.05)
+    assert await active.journal.head() == 40
+    assert [(e.epoch, e.sequence) for e in got] == [(1, s) for s in range(1, 41)]
+    assert all(isinstance(e.payload, MatchingEvents) and e.payload.events for e in got)
+
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{active.http_port}") as http:
+        async with http.get("/readyz") as resp:
+            body = await resp.json()
+            assert resp.status == 200 and body["role"] == "active" and body["epoch"] == 1 and body["lag"] == 0
+        async with http.get("/book/BTC-USD") as resp:
+            assert resp.status == 200 and (await resp.json())["applied_seq"] == 40
+        async with http.get("/book/NOPE") as resp:
+            assert resp.status == 404
+        async with http.get("/metrics") as resp:
+            text = await resp.text()
+            assert "ts_matching_commands_total 40.0" in text and "ts_matching_book_depth" in text
+        async with http.post("/demote") as resp:
+            assert resp.status == 401
+        async with http.post("/demote", headers={"Authorization": f"Bearer {ADMIN}"}) as resp:
+            assert resp.status == 200 and (await resp.json())["role"] == "standby"
+        await eventually(lambda: active._subscription is None)
+        async with http.post(
+            "/promote", json={"epoch": 1}, headers={"Authorization": f"Bearer {ADMIN}"}
+        ) as resp:
+            assert resp.status == 200 and (await resp.json())["role"] == "active"
+        async with http.post("/promote", json={"x": 1}, headers={"Authorization": f"Bearer {ADMIN}"}) as resp:
+            assert resp.status == 400
+
+
+async def test_epoch_watch_fences_an_idle_active(active: MatchingService) -> None:
+    from trading_system.storage.fencing import raise_epoch
+
+    await eventually(lambda: active._subscription is not None)
+    await raise_epoch(active.db, active.journal.pair_name, 2, "someone-else")
+    await eventually(lambda: active.runner.role is Role.FENCED and active._subscription is None)
+    ready = await active.readiness()
+    assert not ready.ready and ready.details["role"] == "fenced"
+
+
+def test_cli_parser() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    add_matching_parser(sub)
+    args = parser.parse_args(
+        [
+            "matching",
+            "--engine-id",
+            "m1",
+            "--db-url",
+            "sqlite+aiosqlite://",
+            "--role",
+            "active",
+            "--epoch",
+            "3",
+            "--symbol",
+            "BTC-USD:5:10",
+            "--bus-mode",
+            "in_memory",
+        ]
+    )
+    config = config_from_args(args)
+    assert config.role is Role.ACTIVE and config.epoch == 3 and config.specs[0].tick_size == 5
+    assert config.specs[0].lot_size == 10 and callable(args.func)
+
+
+async def test_demote_under_flow_loses_and_reorders_nothing(active: MatchingService) -> None:
+    bus = active.bus
+    await eventually(lambda: active._subscription is not None)
+    cmds = take(command_stream(seed=4), 300)
+
+    async def produce() -> None:
+        for cmd in cmds:
+            await bus.publish(
+                MatchingCommand(engine_id="m1", command=command_to_dict(cmd)),
+                routing_key="matching.command.m1",
+            )
+
+    producer = asyncio.create_task(produce())
+    await eventually(lambda: active.runner.applied_seq >= 50)
+    await active.runner.demote()
+    await eventually(lambda: active._subscription is None)
+    held_at = active.runner.applied_seq
+    await asyncio.wait_for(producer, 10)
+    assert active.runner.applied_seq == held_at  # nothing consumed while standby
+    await active.runner.promote(1)
+    await eventually(lambda: active.runner.applied_seq == 300, within=10)
+    journaled = [e.command_id async for page in active.journal.iterate() for e in page]
+    assert journaled == [str(c.cmd_id) for c in cmds]  # every command once, in publish order
