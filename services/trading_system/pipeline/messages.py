@@ -4,6 +4,13 @@ Commands travel as catalog messages (``order.new``, ``order.cancel``) to one ord
 queue the venue consumes. The venue answers each command with ONE ``matching.events``
 message carrying the engine's event tuples in sequence order (one publish, one ack per
 command); the coordinator, settlement and execution each read their own copy.
+
+Between the execution service and the coordinator replicas (the deployed pipeline, where
+they are separate processes): execution publishes a placement request as a catalog
+``order.new`` with routing key ``coordinator.place`` (a cancel as ``order.cancel`` with
+``coordinator.cancel``) to the shared ``coordinator.requests`` queue, which all coordinator
+replicas consume; each transaction's end is announced as a catalog ``txn.outcome`` with
+routing key ``txn.outcome``, which execution reads from ``execution.outcomes``.
 """
 
 from __future__ import annotations
@@ -20,7 +27,12 @@ COMMANDS_QUEUE = "matching.commands"
 COORDINATOR_QUEUE = "coordinator.events"
 SETTLEMENT_QUEUE = "settlement.events"
 EXECUTION_QUEUE = "execution.events"
+REQUESTS_QUEUE = "coordinator.requests"
+OUTCOMES_QUEUE = "execution.outcomes"
 EVENTS_KEY = "matching.events"
+PLACE_KEY = "coordinator.place"
+CANCEL_KEY = "coordinator.cancel"
+OUTCOME_KEY = "txn.outcome"
 
 
 class MatchingEvents(BusMessage):
@@ -46,6 +58,8 @@ class Names:
     coordinator: str = COORDINATOR_QUEUE
     settlement: str = SETTLEMENT_QUEUE
     execution: str = EXECUTION_QUEUE
+    requests: str = REQUESTS_QUEUE
+    outcomes: str = OUTCOMES_QUEUE
 
     @classmethod
     def namespaced(cls, namespace: str) -> Names:
@@ -67,6 +81,8 @@ def topology(names: Names = DEFAULT_NAMES) -> Topology:
             WorkQueue(names.coordinator, events),
             WorkQueue(names.settlement, events),
             WorkQueue(names.execution, events),
+            WorkQueue(names.requests, tuple(Binding(names.exchange, k) for k in (PLACE_KEY, CANCEL_KEY))),
+            WorkQueue(names.outcomes, (Binding(names.exchange, OUTCOME_KEY),)),
         ),
     )
 
