@@ -12,6 +12,9 @@ and drops it afterwards. Durability is not weakened: it prints ``synchronous_com
 * ``rebuild``: a fresh runner's ``recover()`` over ``--journal`` journaled commands,
   once from the journal alone and once from a snapshot taken ``--tail`` commands
   before the head (snapshot + tail), the two ends of what ``--snapshot-every`` buys.
+* ``--rabbitmq URL``: also commands/s end to end through the broker (``--e2e-commands``)
+  and, with ``--promotion 100000 1000000``, the time from a warm standby's admin
+  ``/promote`` to the first event of its new epoch, per journal size.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import uuid
 
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
-from tests.unit.matching_service.helpers import SPECS, command_stream, take
+from tests.unit.matching_service.helpers import SPECS, command_stream, eventually, take
 
 from trading_system.matching.service import EngineRunner, EventBatch, Journal, Role
 from trading_system.storage import create_engine
@@ -190,6 +193,98 @@ async def end_to_end(dsn: str, urls: list[str], total: int, batch_size: int) -> 
         await client.close()
 
 
+async def promotion(dsn: str, urls: list[str], size: int, snapshot_every: int) -> None:
+    """Admin ``/promote`` of a warm standby over ``size`` journaled commands, to the first
+    event the new epoch publishes, with a backlog of commands waiting in the queue."""
+    import os
+
+    import aiohttp
+    from prometheus_client import CollectorRegistry
+
+    from trading_system.bus.config import BusMode, BusSettings
+    from trading_system.bus.facade import MessageBus
+    from trading_system.bus.topology import Binding, Exchange, Topology, WorkQueue
+    from trading_system.matching.service import command_to_dict
+    from trading_system.matching.service.app import MatchingConfig, MatchingService
+    from trading_system.matching.service.messages import MatchingCommand, register
+
+    engine_id = f"promo{uuid.uuid4().hex[:6]}"
+    db = create_engine(dsn, pool_size=2)
+    journal = Journal(db, engine_id)
+    await journal.migrate()
+    await raise_epoch(db, journal.pair_name, 1, "old-active")
+    stream = command_stream(seed=11, prefix=f"{engine_id}-")
+    old = EngineRunner(journal, _noop, role=Role.ACTIVE, epoch=1, specs=SPECS, snapshot_every=snapshot_every)
+    started = time.perf_counter()
+    for i in range(0, size, 1000):
+        await old.submit(take(stream, min(1000, size - i)))
+    fill = time.perf_counter() - started
+    await db.dispose()
+
+    token = os.environ.setdefault("TRADING_SYSTEM_ADMIN_TOKEN", uuid.uuid4().hex)
+    client = MessageBus(
+        BusSettings(mode=BusMode.RABBITMQ, urls=tuple(urls), service="bench-client", depth_poll_interval=0),
+        metrics_registry=CollectorRegistry(),
+    )
+    register(client.registry)
+    await client.start()
+    sink = f"bench.promotion.events.{engine_id}"
+    await client.declare(
+        Topology(
+            exchanges=(Exchange("ts.events"),),
+            queues=(WorkQueue(sink, bindings=(Binding("ts.events", f"matching.events.{engine_id}"),)),),
+        )
+    )
+    first_new = asyncio.Event()
+
+    async def on_event(env: object) -> None:
+        if getattr(env, "epoch", None) == 2:
+            first_new.set()
+
+    await client.subscribe(sink, on_event, prefetch=1000)
+    standby = MatchingService(
+        MatchingConfig(
+            engine_id=engine_id,
+            db_url=dsn,
+            role=Role.STANDBY,
+            bus_mode="rabbitmq",
+            bus_urls=tuple(urls),
+            http_host="127.0.0.1",
+            http_port=0,
+            holder="new-active",
+            specs=SPECS,
+            snapshot_every=snapshot_every,
+        ),
+        registry=CollectorRegistry(),
+    )
+    started = time.perf_counter()
+    await standby.start()
+    startup = time.perf_counter() - started
+    try:
+        # The old active is gone with commands still queued for it.
+        backlog = [
+            MatchingCommand(engine_id=engine_id, command=command_to_dict(c)) for c in take(stream, 200)
+        ]
+        await client.publish_many(backlog, routing_key=f"matching.command.{engine_id}")
+        await eventually(lambda: standby.runner.lag == 0, within=600, what="standby caught up")
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{standby.http_port}") as http:
+            started = time.perf_counter()
+            async with http.post(
+                "/promote", json={"epoch": 2}, headers={"Authorization": f"Bearer {token}"}
+            ) as resp:
+                resp.raise_for_status()
+            answered = time.perf_counter() - started
+            await asyncio.wait_for(first_new.wait(), 120)
+            first = time.perf_counter() - started
+        print(
+            f"| {size:,} | {fill:.1f} | {startup:.2f} | {answered * 1000:.0f} | {first * 1000:.0f} |",
+            flush=True,
+        )
+    finally:
+        await standby.stop()
+        await client.close()
+
+
 async def main_async(args: argparse.Namespace) -> None:
     url = make_url(args.dsn)
     scratch = f"matching_bench_{uuid.uuid4().hex[:8]}"
@@ -199,8 +294,16 @@ async def main_async(args: argparse.Namespace) -> None:
         dsn = url.set(database=scratch).render_as_string(hide_password=False)
         if args.journal > 0:
             await run(dsn, args.batch, args.commands, args.journal, args.tail)
-        if args.rabbitmq:
+        if args.rabbitmq and args.e2e_commands > 0:
             await end_to_end(dsn, args.rabbitmq, args.e2e_commands, args.e2e_batch)
+        if args.rabbitmq and args.promotion:
+            print(
+                "\n| journaled commands | fill s | standby start-up s | /promote answered ms "
+                "| to first new event ms |"
+            )
+            print("|---:|---:|---:|---:|---:|")
+            for size in args.promotion:
+                await promotion(dsn, args.rabbitmq, size, args.snapshot_every)
     finally:
         await _admin(admin, f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
 
@@ -217,6 +320,16 @@ def main() -> None:
     parser.add_argument("--rabbitmq", action="append", default=[], help="broker URL: also run end to end")
     parser.add_argument("--e2e-commands", type=int, default=20_000)
     parser.add_argument("--e2e-batch", type=int, default=64, help="the service's --batch-size")
+    parser.add_argument(
+        "--promotion",
+        type=int,
+        nargs="*",
+        default=[],
+        help="journal sizes for the warm-standby promotion run, e.g. 100000 1000000 (needs --rabbitmq)",
+    )
+    parser.add_argument(
+        "--snapshot-every", type=int, default=100_000, help="journal entries between snapshots"
+    )
     asyncio.run(main_async(parser.parse_args()))
 
 

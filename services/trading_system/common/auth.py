@@ -25,7 +25,12 @@ class TokenSet:
 
     @classmethod
     def from_env(cls, prefix: str = "TRADING_SYSTEM") -> TokenSet:
-        return cls(api=_read_tokens(f"{prefix}_API_TOKENS"), admin=_read_tokens(f"{prefix}_ADMIN_TOKENS"))
+        # The singular name is what the operator's pods get from their Secret; the plural
+        # one lets a rotation carry the old and the new token side by side.
+        return cls(
+            api=_read_tokens(f"{prefix}_API_TOKEN", f"{prefix}_API_TOKENS"),
+            admin=_read_tokens(f"{prefix}_ADMIN_TOKEN", f"{prefix}_ADMIN_TOKENS"),
+        )
 
     def allows(self, header: str | None, scope: Scope) -> bool:
         token = _bearer(header)
@@ -46,10 +51,13 @@ def _bearer(header: str | None) -> str | None:
     return token.strip() or None if scheme.lower() == "bearer" else None
 
 
-def _read_tokens(var: str) -> tuple[str, ...]:
-    """``VAR`` holds comma-separated tokens; ``VAR_FILE`` names a file with one per line."""
-    raw = os.environ.get(var, "")
-    file = os.environ.get(f"{var}_FILE")
-    if file:
-        raw += "," + Path(file).read_text()
-    return tuple(t.strip() for t in raw.replace("\n", ",").split(",") if t.strip())
+def _read_tokens(*variables: str) -> tuple[str, ...]:
+    """Each ``VAR`` holds comma-separated tokens; ``VAR_FILE`` names a file with one per line."""
+    raw = ""
+    for var in variables:
+        raw += "," + os.environ.get(var, "")
+        file = os.environ.get(f"{var}_FILE")
+        if file:
+            raw += "," + Path(file).read_text()
+    tokens = (t.strip() for t in raw.replace("\n", ",").split(","))
+    return tuple(dict.fromkeys(t for t in tokens if t))

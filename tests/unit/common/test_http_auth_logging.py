@@ -39,6 +39,18 @@ def test_tokens_from_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert tokens.admin == ("from-file",)
 
 
+def test_the_operators_singular_token_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The operator's pods get TRADING_SYSTEM_ADMIN_TOKEN / _API_TOKEN from their Secret.
+    for var in ("API_TOKENS", "ADMIN_TOKENS", "API_TOKENS_FILE", "ADMIN_TOKENS_FILE"):
+        monkeypatch.delenv(f"TRADING_SYSTEM_{var}", raising=False)
+    monkeypatch.setenv("TRADING_SYSTEM_ADMIN_TOKEN", "op-admin")
+    monkeypatch.setenv("TRADING_SYSTEM_API_TOKEN", "op-api")
+    monkeypatch.setenv("TRADING_SYSTEM_API_TOKENS", "op-api,next-api")
+    tokens = TokenSet.from_env()
+    assert tokens.admin == ("op-admin",) and tokens.api == ("op-api", "next-api")
+    assert tokens.allows("Bearer op-admin", Scope.ADMIN) and not tokens.allows("Bearer op-api", Scope.ADMIN)
+
+
 async def test_health_ready_metrics_and_admin_auth_over_real_http() -> None:
     registry = CollectorRegistry()
     Counter("demo_things", "things", registry=registry).inc(3)

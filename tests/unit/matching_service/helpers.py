@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
+from tests.unit.bus.support import eventually as eventually  # re-exported for the matching tests
 from trading_system.matching.core import Cancel, Command, MatchingEngine, NewOrder, Side, SymbolSpec
 from trading_system.matching.service import EventBatch, Journal
 
@@ -68,12 +69,3 @@ async def replay_digest(journal: Journal) -> tuple[str, int]:
             engine.process(entry.command)
             last = entry.seq
     return engine.digest(), last
-
-
-async def eventually(predicate: Callable[[], bool], within: float = 5.0, interval: float = 0.01) -> None:
-    """Poll ``predicate`` until true; fail after ``within`` seconds (a bounded wait)."""
-    for _ in range(max(1, int(within / interval))):
-        if predicate():
-            return
-        await asyncio.sleep(interval)
-    raise AssertionError(f"condition not reached within {within}s")

@@ -171,3 +171,60 @@ async def test_demote_under_flow_loses_and_reorders_nothing(active: MatchingServ
     await eventually(lambda: active.runner.applied_seq == 300, within=10)
     journaled = [e.command_id async for page in active.journal.iterate() for e in page]
     assert journaled == [str(c.cmd_id) for c in cmds]  # every command once, in publish order
+
+
+async def test_bad_commands_get_reasons_and_change_nothing(active: MatchingService) -> None:
+    """Through the service: an undecodable command is dead-lettered without a journal entry;
+    decodable but invalid ones (unknown symbol, off-tick price, bad quantity or side) are
+    journaled, answered with reject events carrying the reason, and leave the book as it was."""
+    from trading_system.bus.topology import dead_letter_queue_name
+    from trading_system.matching.core import EventKind, NewOrder, RejectReason, Side
+
+    bus = active.bus
+    await bus.declare(
+        Topology(
+            exchanges=(Exchange("ts.events"),),
+            queues=(WorkQueue("events-sink", bindings=(Binding("ts.events", "matching.events.#"),)),),
+        )
+    )
+    got: list[MatchingEvents] = []
+
+    async def sink(env: Envelope[Any]) -> None:
+        got.append(env.payload)
+
+    await bus.subscribe("events-sink", sink)
+    await eventually(lambda: active._subscription is not None)
+    for cmd in take(command_stream(), 20):
+        await bus.publish(
+            MatchingCommand(engine_id="m1", command=command_to_dict(cmd)), routing_key="matching.command.m1"
+        )
+    await eventually(lambda: len(got) == 20)
+    digest = active.runner.engine.digest()
+
+    def order(n: int, **changes: Any) -> dict[str, Any]:
+        base = NewOrder(f"bad{n}", 10_000 + n, "BTC-USD", f"bad-o{n}", "a1", Side.BUY, 5, 5_000)
+        return command_to_dict(base._replace(**changes))
+
+    bad = {
+        "bad1": (order(1, symbol="DOGE-USD"), RejectReason.UNKNOWN_SYMBOL),
+        "bad2": (order(2, price=5_003), RejectReason.PRICE_OFF_TICK),
+        "bad3": (order(3, qty=0), RejectReason.QTY_BELOW_MIN),
+        "bad4": (order(4, qty="many"), RejectReason.MALFORMED),
+        "bad5": ({**order(5), "side": 9}, RejectReason.INVALID_SIDE),
+    }
+    undecodable = {"type": "teleport", "cmd_id": "bad6"}
+    await bus.publish(MatchingCommand(engine_id="m1", command=undecodable), routing_key="matching.command.m1")
+    for command, _ in bad.values():
+        await bus.publish(MatchingCommand(engine_id="m1", command=command), routing_key="matching.command.m1")
+    await eventually(lambda: len(got) == 20 + len(bad))
+
+    rejects = {
+        e["cmd_id"]: e["reason"] for m in got[20:] for e in m.events if e["kind"] == EventKind.REJECTED
+    }
+    assert rejects == {cmd_id: int(reason) for cmd_id, (_, reason) in bad.items()}
+    assert all(len(m.events) == 1 for m in got[20:])  # a reject and nothing else: no BBO change
+    assert active.runner.engine.digest() == digest
+    assert await active.journal.head() == 20 + len(bad)
+    dead = dead_letter_queue_name("matching.commands.m1")
+    await eventually(lambda: bus.transport.queue_depth(dead), what="a dead-lettered command")
+    assert await bus.transport.queue_depth(dead) == 1

@@ -94,6 +94,38 @@ async def test_publish_failure_keeps_events_pending_until_redelivery(journal: Jo
     assert pub.keys == [(1, s) for s in range(1, 9)]  # each (epoch, seq) exactly once
 
 
+async def test_restart_at_the_same_epoch_republishes_what_was_never_confirmed(journal: Journal) -> None:
+    """The active crashes after journaling a batch whose events were never confirmed; the
+    same member restarted at the same epoch publishes exactly those (epoch, seq) keys."""
+    pub = RecordingPublisher()
+    crashed = runner(journal, pub, holder="node-a")
+    cmds = take(command_stream(), 10)
+    await crashed.submit(cmds[:6])
+    pub.fail = ConnectionError("killed before the confirm")
+    with pytest.raises(ConnectionError):
+        await crashed.submit(cmds[6:8])
+    assert await journal.head() == 8 and pub.keys == [(1, s) for s in range(1, 7)]
+
+    restarted_pub = RecordingPublisher()
+    restarted = runner(journal, restarted_pub, role=Role.STANDBY, epoch=0, holder="node-a")
+    await restarted.recover()
+    await restarted.promote(1)  # same epoch, same holder: a restart, not a takeover
+    assert restarted.role is Role.ACTIVE and restarted.epoch == 1
+    assert restarted_pub.keys == [(1, 7), (1, 8)]
+    res = await restarted.submit(cmds[6:])  # the broker redelivers the unacked commands
+    assert res.duplicates == [c.cmd_id for c in cmds[6:8]] and res.appended == [9, 10]
+    assert restarted_pub.keys == [(1, s) for s in range(7, 11)]
+    assert restarted.engine.digest() == (await replay_digest(journal))[0]
+
+
+async def test_restart_at_the_same_epoch_by_another_holder_is_fenced(journal: Journal) -> None:
+    r = runner(journal, RecordingPublisher(), role=Role.STANDBY, epoch=0, holder="node-b")
+    await r.recover()
+    with pytest.raises(FencedError):
+        await r.promote(1)  # epoch 1 belongs to node-a: node-b needs a higher one
+    assert r.role is Role.STANDBY
+
+
 async def test_standby_catches_up_and_promotion_takes_over(journal: Journal, db: AsyncEngine) -> None:
     registry = CollectorRegistry()
     active_pub, standby_pub = RecordingPublisher(), RecordingPublisher()
