@@ -26,6 +26,14 @@ subprocess.run(["pip", "install", *deps], check=True)
 PY
 COPY services ./services
 COPY operator ./operator
+COPY scripts/build_accelerated.py ./scripts/
+# The matching core compiled with mypyc (about 2x faster, same events; see docs/matching.md).
+# The compiler stays in this stage only.
+RUN apt-get update -qq \
+ && apt-get install -y -qq --no-install-recommends gcc libc6-dev >/dev/null \
+ && pip install "mypy>=1.11" \
+ && python scripts/build_accelerated.py --strict \
+ && pip uninstall -y mypy
 # Bytecode compiled here, because the read-only root file system cannot hold it later.
 RUN pip install --no-deps . && python -m compileall -q -j 0 /opt/venv/lib
 

@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from trading_system.matching.core import (
+    BUILD,
     Cancel,
     Command,
     EventKind,
@@ -288,7 +289,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         _profile(stream)
         return 0
-    print(f"python {sys.version.split()[0]}, batch {BATCH} commands, best of {args.repeat} runs per engine")
+    print(
+        f"python {sys.version.split()[0]}, matching core {BUILD}, batch {BATCH} commands, "
+        f"best of {args.repeat} runs per engine"
+    )
     for name in args.engines.split(","):
         if not _available(name):
             print(f"{name:<22}not installed (pip install {name})")

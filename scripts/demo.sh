@@ -10,4 +10,6 @@ if [ ! -x .venv/bin/python ]; then
     .venv/bin/pip install -q --upgrade pip
 fi
 .venv/bin/pip install -q -e .
+# The compiled matching core when a C compiler and mypy are at hand; pure Python otherwise.
+if .venv/bin/python -c "import mypyc" 2>/dev/null; then .venv/bin/python scripts/build_accelerated.py; fi
 exec .venv/bin/trading-system demo "$@"

@@ -30,3 +30,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # Re-installing an unchanged editable project is a no-op apart from the resolver check.
 .venv/bin/pip install -q -e '.[test]'
+# The compiled matching core (mypyc, cached by source hash); pure Python if it cannot build.
+.venv/bin/python scripts/build_accelerated.py

@@ -20,6 +20,11 @@ echo "[test] lint and types done in $((SECONDS - start)) s"
 set +e
 .venv/bin/pytest "$@"
 status=$?
+if [ $# -eq 0 ] && [ "$(.venv/bin/python scripts/build_accelerated.py --status)" = compiled ]; then
+    # The suite above ran the compiled matching core; its own tests run again on the sources.
+    echo "[test] matching core tests on the pure-python build"
+    TS_MATCHING_CORE=pure .venv/bin/pytest -q tests/unit/matching || status=1
+fi
 set -e
 echo "[test] finished in $((SECONDS - start)) s (pytest exit $status)"
 exit $status

@@ -7,6 +7,13 @@ node, a stopped PostgreSQL) so one test's fault injection never leaks into the n
 
 from __future__ import annotations
 
+import os
+
+if os.environ.get("TS_MATCHING_CORE") == "pure":  # before anything imports the core
+    from tests.pure_core import install
+
+    install()
+
 import re
 import shutil
 import uuid

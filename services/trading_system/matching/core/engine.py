@@ -30,7 +30,6 @@ from trading_system.matching.core.types import (
     Cancel,
     CancelReason,
     Command,
-    CommandId,
     DepthLevel,
     DepthSnapshot,
     Event,
@@ -44,6 +43,7 @@ from trading_system.matching.core.types import (
     StpMode,
     SymbolSpec,
     TimeInForce,
+    Untrusted,
 )
 from trading_system.matching.core.validation import (
     find_own_order,
@@ -129,7 +129,7 @@ class MatchingEngine:
     def symbols(self) -> list[str]:
         return sorted(self._books)
 
-    def process(self, cmd: Command) -> list[Event]:
+    def process(self, cmd: Untrusted) -> list[Event]:
         out: list[Event] = []
         self._out = out
         self._apply(cmd)
@@ -143,9 +143,9 @@ class MatchingEngine:
         for cmd in cmds:
             cls = cmd.__class__
             if cls is NewOrder:
-                on_new(cmd)  # type: ignore[arg-type]
+                on_new(cmd)
             elif cls is Cancel:
-                on_cancel(cmd)  # type: ignore[arg-type]
+                on_cancel(cmd)
             else:
                 apply(cmd)
         return out
@@ -205,14 +205,14 @@ class MatchingEngine:
 
     # ------------------------------------------------------------------ dispatch
 
-    def _apply(self, cmd: Command) -> None:
+    def _apply(self, cmd: Untrusted) -> None:
         handler = self._handlers.get(cmd.__class__)
         if handler is None:
             self._reject(getattr(cmd, "cmd_id", None), None, None, RejectReason.MALFORMED)
             return
         handler(cmd)
 
-    def _run_generic(self, cmd: Command, handler: Callable[[Any], None]) -> None:
+    def _run_generic(self, cmd: Untrusted, handler: Callable[[Any], None]) -> None:
         """Clock, handler, BBO flush: the frame of every command but the two inlined ones."""
         if not self._start(cmd.cmd_id, cmd.ts):
             return
@@ -220,7 +220,7 @@ class MatchingEngine:
         if self._dirty:
             self._flush_bbo()
 
-    def _start(self, cmd_id: CommandId, ts: object) -> bool:
+    def _start(self, cmd_id: object, ts: object) -> bool:
         """Move the clock to the command's timestamp; False (and a reject) if it has none."""
         if ts.__class__ is not int:
             self._reject(cmd_id, None, None, RejectReason.MALFORMED)
@@ -244,9 +244,7 @@ class MatchingEngine:
             self._seq = seq = self._seq + 1
             self._out.append((seq, _EXPIRED, book.symbol, order.order_id, order.account, leaves))
 
-    def _reject(
-        self, cmd_id: CommandId | None, symbol: object, order_id: object, reason: RejectReason
-    ) -> None:
+    def _reject(self, cmd_id: object, symbol: object, order_id: object, reason: RejectReason) -> None:
         self._seq = seq = self._seq + 1
         self._out.append((seq, _REJECTED, cmd_id, symbol, order_id, reason))
 
@@ -275,7 +273,7 @@ class MatchingEngine:
 
     # ------------------------------------------------------------- new orders
 
-    def _on_new(self, cmd: NewOrder) -> None:
+    def _on_new(self, cmd: Untrusted) -> None:
         """Fast path for a valid plain GTC limit order that does not cross; the rest goes general.
 
         The inline test is only a quick *accept*: anything it does not accept is decided
@@ -372,7 +370,7 @@ class MatchingEngine:
         self._seq = seq = self._seq + 1
         self._out.append((seq, _BBO, book.symbol, top[0], top[1], top[2], top[3]))
 
-    def _new_general(self, cmd: NewOrder) -> None:
+    def _new_general(self, cmd: Untrusted) -> None:
         book = validate_new(self._books, self._orders, self._clock, cmd)
         if not isinstance(book, Book):
             self._reject(cmd.cmd_id, cmd.symbol, cmd.order_id, book)
@@ -383,7 +381,13 @@ class MatchingEngine:
         self._seq = seq = self._seq + 1
         self._out.append((seq, _ACCEPTED, symbol, order_id, account, side, price, qty, order_type))
         plain = order_type == _LIMIT and tif == _GTC and not display and not post
-        extra = None if plain else OrderExtra(order_type, tif, expire_ts, stop, display, post)
+        # Unused optional fields may hold any falsy value (validation ignores them, as the
+        # fast path does); store them as the zero/False the journal's replay will also see.
+        extra = (
+            None
+            if plain
+            else OrderExtra(order_type, tif, expire_ts or 0, stop or 0, display or 0, post is True)
+        )
         order = Order(order_id, account, side, price, qty, 0, seq, extra)
         if tif == _GTD:
             heappush(self._expiry, (expire_ts, seq, order))
@@ -627,7 +631,7 @@ class MatchingEngine:
             side.remove(level)
         return book
 
-    def _on_cancel(self, cmd: Cancel) -> None:
+    def _on_cancel(self, cmd: Untrusted) -> None:
         """Fast path for cancelling a resting order; pending stops and rejects go general."""
         cmd_id, ts, symbol, order_id, account = cmd
         # _start() inlined (as in _on_new): a call here costs ~6% of total throughput.
@@ -655,7 +659,7 @@ class MatchingEngine:
         if self._dirty:
             self._flush_bbo()
 
-    def _cancel_general(self, cmd: Cancel) -> None:
+    def _cancel_general(self, cmd: Untrusted) -> None:
         book = lookup_book(self._books, cmd.symbol)
         order = find_own_order(book, self._orders, cmd.order_id, cmd.account) if type(book) is Book else None
         if order is None:
@@ -669,7 +673,7 @@ class MatchingEngine:
             (seq, _CANCELLED, cmd.symbol, order.order_id, order.account, leaves, CancelReason.USER)
         )
 
-    def _on_mass_cancel(self, cmd: MassCancel) -> None:
+    def _on_mass_cancel(self, cmd: Untrusted) -> None:
         symbol, account = cmd.symbol, cmd.account
         book: Book | RejectReason | None = None
         if symbol is not None:
@@ -702,7 +706,7 @@ class MatchingEngine:
                 )
             )
 
-    def _on_replace(self, cmd: Replace) -> None:
+    def _on_replace(self, cmd: Untrusted) -> None:
         order = validate_replace(self._books, self._orders, cmd)
         if not isinstance(order, Order):
             self._reject(cmd.cmd_id, cmd.symbol, cmd.order_id, order)
@@ -752,10 +756,10 @@ class MatchingEngine:
 
     # ------------------------------------------------------------------- misc
 
-    def _on_advance_time(self, cmd: AdvanceTime) -> None:
+    def _on_advance_time(self, cmd: Untrusted) -> None:
         """Nothing beyond the clock move ``_apply`` already made."""
 
-    def _on_add_symbol(self, cmd: AddSymbol) -> None:
+    def _on_add_symbol(self, cmd: Untrusted) -> None:
         spec = cmd.spec
         reason = validate_spec(self._books, spec)
         if reason is not None:

@@ -202,6 +202,13 @@ class AddSymbol(NamedTuple):
 
 Command: TypeAlias = NewOrder | Cancel | Replace | MassCancel | AdvanceTime | AddSymbol
 
+# What the engine's entry points and validators take. Commands come from outside (bus,
+# journal) and the engine checks every field itself, rejecting what is malformed with a
+# reason. Typed Any at that boundary because a mypyc-compiled build inserts a runtime
+# type check wherever a typed parameter or local is bound, and would raise TypeError
+# there instead of emitting the same MALFORMED reject as the interpreted build.
+Untrusted: TypeAlias = Any
+
 
 # ---------------------------------------------------------------------------- events
 # Field order of each record is the tuple layout the engine emits. ``seq`` is the

@@ -12,14 +12,13 @@ from trading_system.matching.core.types import (
     PRICED_TYPES,
     RESTING_TIFS,
     STOP_TYPES,
-    NewOrder,
     OrderType,
     RejectReason,
-    Replace,
     Side,
     StpMode,
     SymbolSpec,
     TimeInForce,
+    Untrusted,
 )
 
 _LIMIT = OrderType.LIMIT
@@ -66,7 +65,7 @@ def would_cross(book: Book, side: int, price: int) -> bool:
 
 
 def validate_new(
-    books: dict[str, Book], orders: dict[str, Order], clock: int, cmd: NewOrder
+    books: dict[str, Book], orders: dict[str, Order], clock: int, cmd: Untrusted
 ) -> Book | RejectReason:
     """The book the order goes to, or why it is rejected.
 
@@ -101,7 +100,7 @@ def validate_new(
     return _validate_special(book, clock, cmd) or book
 
 
-def _validate_special(book: Book, clock: int, cmd: NewOrder) -> RejectReason | None:
+def _validate_special(book: Book, clock: int, cmd: Untrusted) -> RejectReason | None:
     order_type, tif = cmd.order_type, cmd.tif
     if type(order_type) is not OrderType:
         return RejectReason.INVALID_ORDER_TYPE
@@ -115,7 +114,7 @@ def _validate_special(book: Book, clock: int, cmd: NewOrder) -> RejectReason | N
     )
 
 
-def _check_type_price(book: Book, cmd: NewOrder) -> RejectReason | None:
+def _check_type_price(book: Book, cmd: Untrusted) -> RejectReason | None:
     order_type, price, stop_price = cmd.order_type, cmd.price, cmd.stop_price
     if order_type in PRICED_TYPES:
         reason = check_limit_price(book, price)
@@ -140,7 +139,7 @@ def _check_expiry(clock: int, tif: int, expire_ts: object) -> RejectReason | Non
     return None
 
 
-def _check_display(book: Book, cmd: NewOrder) -> RejectReason | None:
+def _check_display(book: Book, cmd: Untrusted) -> RejectReason | None:
     display = cmd.display_qty
     if display == 0:
         return None
@@ -151,7 +150,7 @@ def _check_display(book: Book, cmd: NewOrder) -> RejectReason | None:
     return None
 
 
-def _check_post_only(book: Book, cmd: NewOrder) -> RejectReason | None:
+def _check_post_only(book: Book, cmd: Untrusted) -> RejectReason | None:
     if not cmd.post_only:
         return None
     if cmd.post_only is not True or cmd.order_type != _LIMIT or cmd.tif not in RESTING_TIFS:
@@ -161,7 +160,9 @@ def _check_post_only(book: Book, cmd: NewOrder) -> RejectReason | None:
     return None
 
 
-def validate_replace(books: dict[str, Book], orders: dict[str, Order], cmd: Replace) -> Order | RejectReason:
+def validate_replace(
+    books: dict[str, Book], orders: dict[str, Order], cmd: Untrusted
+) -> Order | RejectReason:
     """The resting order to replace, or why the replace is rejected."""
     book = lookup_book(books, cmd.symbol)
     if not isinstance(book, Book):
