@@ -118,16 +118,17 @@ async def run(dsn: str, batches: list[int], per_batch_commands: int, journal_siz
         await db.dispose()
 
 
-async def end_to_end(dsn: str, urls: list[str], total: int, batch_size: int) -> None:
+async def end_to_end(dsn: str, urls: list[str], total: int, batch_size: int, producer_batch: int) -> None:
     """Commands published to RabbitMQ -> service (journal, match, confirmed events) -> sink."""
     from prometheus_client import CollectorRegistry
 
     from trading_system.bus.config import BusMode, BusSettings
     from trading_system.bus.facade import MessageBus
+    from trading_system.bus.messages import BusMessage
     from trading_system.bus.topology import Binding, Exchange, Topology, WorkQueue
     from trading_system.matching.service import command_to_dict
     from trading_system.matching.service.app import MatchingConfig, MatchingService
-    from trading_system.matching.service.messages import MatchingCommand, register
+    from trading_system.matching.service.messages import MatchingCommand, MatchingCommandBatch, register
 
     engine_id = f"bench{uuid.uuid4().hex[:6]}"
     service = MatchingService(
@@ -171,17 +172,25 @@ async def end_to_end(dsn: str, urls: list[str], total: int, batch_size: int) -> 
     await client.subscribe(sink, on_event, prefetch=1000)
     await service.start()
     try:
-        messages = [
-            MatchingCommand(engine_id=engine_id, command=command_to_dict(c))
-            for c in take(command_stream(seed=5, prefix=f"{engine_id}-"), total)
-        ]
+        plain = [command_to_dict(c) for c in take(command_stream(seed=5, prefix=f"{engine_id}-"), total)]
+        messages: list[BusMessage] = (
+            [MatchingCommand(engine_id=engine_id, command=c) for c in plain]
+            if producer_batch <= 1
+            else [
+                MatchingCommandBatch(engine_id=engine_id, commands=plain[i : i + producer_batch])
+                for i in range(0, total, producer_batch)
+            ]
+        )
         started = time.perf_counter()
-        for i in range(0, total, 500):
+        for i in range(0, len(messages), 500):
             await client.publish_many(messages[i : i + 500], routing_key=f"matching.command.{engine_id}")
         published = time.perf_counter() - started
         await asyncio.wait_for(done.wait(), 600)
         secs = time.perf_counter() - started
-        print(f"| end to end via RabbitMQ | <= {batch_size} | {total:,} | {secs:.2f} | {total / secs:,.0f} |")
+        print(
+            f"| end to end via RabbitMQ, {producer_batch} per message | <= {batch_size} | {total:,} "
+            f"| {secs:.2f} | {total / secs:,.0f} |"
+        )
         batches = registry.get_sample_value("ts_matching_journal_append_seconds_count") or 1.0
         for name in ("journal_append", "match", "publish"):
             mean = (registry.get_sample_value(f"ts_matching_{name}_seconds_sum") or 0.0) / batches
@@ -295,7 +304,8 @@ async def main_async(args: argparse.Namespace) -> None:
         if args.journal > 0:
             await run(dsn, args.batch, args.commands, args.journal, args.tail)
         if args.rabbitmq and args.e2e_commands > 0:
-            await end_to_end(dsn, args.rabbitmq, args.e2e_commands, args.e2e_batch)
+            for producer_batch in args.e2e_producer_batch:
+                await end_to_end(dsn, args.rabbitmq, args.e2e_commands, args.e2e_batch, producer_batch)
         if args.rabbitmq and args.promotion:
             print(
                 "\n| journaled commands | fill s | standby start-up s | /promote answered ms "
@@ -320,6 +330,13 @@ def main() -> None:
     parser.add_argument("--rabbitmq", action="append", default=[], help="broker URL: also run end to end")
     parser.add_argument("--e2e-commands", type=int, default=20_000)
     parser.add_argument("--e2e-batch", type=int, default=64, help="the service's --batch-size")
+    parser.add_argument(
+        "--e2e-producer-batch",
+        type=int,
+        nargs="+",
+        default=[1, 100],
+        help="commands per AMQP message (1: matching.command each; N: matching.commands batches)",
+    )
     parser.add_argument(
         "--promotion",
         type=int,

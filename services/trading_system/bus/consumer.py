@@ -90,9 +90,12 @@ class DeliveryInfo:
     delivery_count: int
     attempt: int
     """Handler attempts made before this one through retries (0 on the first)."""
+    items: int = 1
+    """Envelopes in the AMQP message (more than 1 for a ``publish_batch`` message)."""
 
 
 _CURRENT: ContextVar[Delivery | None] = ContextVar("bus_current_delivery", default=None)
+_ITEMS: ContextVar[int] = ContextVar("bus_current_items", default=1)
 
 
 def current_delivery() -> DeliveryInfo | None:
@@ -110,6 +113,7 @@ def current_delivery() -> DeliveryInfo | None:
         delivery.redelivered,
         delivery.delivery_count,
         attempts_so_far(delivery.headers),
+        _ITEMS.get(),
     )
 
 
@@ -232,6 +236,7 @@ class Subscription:
             await self._reject(delivery, "invalid")
             return
         m.consumed(q).inc(len(envelopes))
+        _ITEMS.set(len(envelopes))
         if delivery.delivery_count >= self.work.delivery_limit:
             await self._park(
                 delivery,

@@ -228,3 +228,37 @@ async def test_bad_commands_get_reasons_and_change_nothing(active: MatchingServi
     dead = dead_letter_queue_name("matching.commands.m1")
     await eventually(lambda: bus.transport.queue_depth(dead), what="a dead-lettered command")
     assert await bus.transport.queue_depth(dead) == 1
+
+
+async def test_producer_batches_keep_their_order_and_misused_batches_are_refused(
+    active: MatchingService,
+) -> None:
+    """A matching.commands batch is journaled in its order; single commands packed with
+    publish_batch (whose items concurrent handlers could interleave) are dead-lettered."""
+    from trading_system.bus.topology import dead_letter_queue_name
+    from trading_system.matching.service.messages import MatchingCommandBatch
+
+    await eventually(lambda: active._subscription is not None)
+    cmds = take(command_stream(seed=21), 60)
+    for start in (0, 30):  # two batch messages, handled concurrently by the service
+        await active.bus.publish(
+            MatchingCommandBatch(
+                engine_id="m1", commands=[command_to_dict(c) for c in cmds[start : start + 30]]
+            ),
+            routing_key="matching.command.m1",
+        )
+    await eventually(lambda: active.runner.applied_seq == 60)
+    journaled = [e.command_id async for page in active.journal.iterate() for e in page]
+    assert journaled == [str(c.cmd_id) for c in cmds]
+
+    misused = [
+        MatchingCommand(engine_id="m1", command=command_to_dict(c)) for c in take(command_stream(seed=22), 3)
+    ]
+    await active.bus.publish_batch(misused, routing_key="matching.command.m1")
+    dead = dead_letter_queue_name("matching.commands.m1")
+    await eventually(lambda: _depth_is(active, dead, 3), what="three dead-lettered batch items")
+    assert await active.journal.head() == 60
+
+
+async def _depth_is(service: MatchingService, queue: str, depth: int) -> bool:
+    return await service.bus.transport.queue_depth(queue) == depth

@@ -25,13 +25,14 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from trading_system.bus.consumer import Subscription
+from trading_system.bus.consumer import Subscription, current_delivery
 from trading_system.bus.envelope import Envelope
 from trading_system.bus.errors import PermanentError
 from trading_system.bus.facade import MessageBus
 from trading_system.bus.topology import Binding, Exchange, Topology, WorkQueue
 from trading_system.common.auth import Scope, TokenSet
 from trading_system.common.http import Readiness, ServiceHttp, json_error, require
+from trading_system.matching.core import BUILD as CORE_BUILD
 from trading_system.matching.core import Command, SymbolSpec, event_to_dict
 from trading_system.matching.service.codec import CommandDecodeError, command_from_dict
 from trading_system.matching.service.engine_runner import EngineRunner, EventBatch, NotActiveError, Role
@@ -40,6 +41,7 @@ from trading_system.matching.service.messages import (
     COMMAND_ROUTING_KEY,
     EVENTS_ROUTING_KEY,
     MatchingCommand,
+    MatchingCommandBatch,
     MatchingEvents,
     register,
 )
@@ -130,11 +132,16 @@ class _Batcher:
         """The consumer is closed (held deliveries went back to the queue): end the handlers."""
         self.released.set()
 
-    async def submit(self, cmd: Command) -> None:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.queue.put_nowait((cmd, fut))
+    async def submit(self, cmds: Sequence[Command]) -> None:
+        """Queue ``cmds`` (in this order, with nothing in between) and wait until all are done."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[None]] = []
+        for cmd in cmds:
+            futures.append(fut := loop.create_future())
+            self.queue.put_nowait((cmd, fut))
         try:
-            await fut
+            for fut in futures:
+                await fut
         except _NotActive:
             released = self.released
             await released.wait()
@@ -240,10 +247,11 @@ class MatchingService:
         await self.bus.declare(self.config.topology(self.bus.settings.default_exchange))
         applied = await self.runner.recover()
         log.info(
-            "matching %s rebuilt to seq %d (%d replayed)",
+            "matching %s rebuilt to seq %d (%d replayed), core build %s",
             self.config.engine_id,
             self.runner.applied_seq,
             applied,
+            CORE_BUILD,
         )
         self.http_port = await self.http.start(self.config.http_host, self.config.http_port)
         self._tasks.append(
@@ -320,13 +328,24 @@ class MatchingService:
 
     async def _handle(self, env: Envelope[Any]) -> None:
         payload = env.payload
-        if not isinstance(payload, MatchingCommand) or payload.engine_id != self.config.engine_id:
+        if not isinstance(payload, MatchingCommand | MatchingCommandBatch) or (
+            payload.engine_id != self.config.engine_id
+        ):
             raise PermanentError(f"not a command for matching engine {self.config.engine_id}")
+        delivery = current_delivery()
+        if delivery is not None and delivery.items > 1 and self.config.batch_size > 1:
+            # Items of two bus-level batches handled at once would interleave: refuse
+            # loudly (dead-letter) rather than match commands out of their order.
+            raise PermanentError(
+                "matching commands sent with publish_batch can be reordered; "
+                "send one matching.command per message or one matching.commands batch"
+            )
+        raw = payload.commands if isinstance(payload, MatchingCommandBatch) else [payload.command]
         try:
-            cmd = command_from_dict(payload.command)
+            cmds = [command_from_dict(item) for item in raw]  # all or nothing
         except CommandDecodeError as exc:
             raise PermanentError(str(exc)) from exc
-        await self.batcher.submit(cmd)
+        await self.batcher.submit(cmds)
 
     async def publish(self, batch: EventBatch) -> None:
         envelopes = [

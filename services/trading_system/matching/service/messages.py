@@ -20,6 +20,17 @@ class MatchingCommand(BusMessage):
     command: dict[str, Any]
 
 
+class MatchingCommandBatch(BusMessage):
+    """Several core commands in order, for producers that batch: one AMQP message, one
+    handler call, the commands submitted in this order (see docs/matching.md)."""
+
+    message_type = "matching.commands"
+    version = 1
+
+    engine_id: str
+    commands: list[dict[str, Any]]
+
+
 class MatchingEvents(BusMessage):
     """The events of one journaled command, stamped ``(epoch, seq)`` (also on the envelope)."""
 
@@ -34,7 +45,7 @@ class MatchingEvents(BusMessage):
 
 
 def register(registry: MessageRegistry) -> MessageRegistry:
-    for cls in (MatchingCommand, MatchingEvents):
+    for cls in (MatchingCommand, MatchingCommandBatch, MatchingEvents):
         if cls not in registry:
             registry.register(cls)
     return registry
