@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from trading_system.matching.service.app import add_matching_parser
+from trading_system.matching.service.cli import add_matching_parser
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -46,3 +47,12 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+def configure_service_logging(service: str) -> None:
+    """JSON lines when ``TRADING_SYSTEM_LOG_FORMAT=json`` (what the operator sets), else plain text."""
+    level = os.environ.get("TRADING_SYSTEM_LOG_LEVEL", "INFO")
+    if os.environ.get("TRADING_SYSTEM_LOG_FORMAT", "").lower() == "json":
+        configure_logging(service, level)
+    else:
+        logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")

@@ -51,8 +51,9 @@ def spawn_active(engine_id: str, dsn: str, urls: list[str], port: int, log: Path
     args = [
         sys.executable,
         "-m",
-        "trading_system.matching.service.app",
+        "trading_system.matching.service.cli",
         "matching",
+        "serve",
         "--engine-id",
         engine_id,
         "--db-url",
@@ -65,17 +66,16 @@ def spawn_active(engine_id: str, dsn: str, urls: list[str], port: int, log: Path
         "1",
         "--holder",
         "proc-a",
-        "--http-host",
+        "--host",
         "127.0.0.1",
-        "--http-port",
+        "--port",
         str(port),
         "--batch-size",
         "32",
         "--snapshot-every",
         "500",
     ]
-    for url in urls:
-        args += ["--bus-url", url]
+    args += ["--bus-url", ",".join(urls)]
     for spec in SPECS:
         args += ["--symbol", f"{spec.symbol}:{spec.tick_size}:{spec.lot_size}"]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "services")}

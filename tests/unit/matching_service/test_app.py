@@ -17,13 +17,11 @@ from trading_system.bus.config import BusSettings
 from trading_system.bus.envelope import Envelope
 from trading_system.bus.facade import MessageBus
 from trading_system.bus.topology import Binding, Exchange, Topology, WorkQueue
+from trading_system.common.service_env import ServiceEnvironment
+from trading_system.matching.core import SymbolSpec
 from trading_system.matching.service import Role, command_to_dict
-from trading_system.matching.service.app import (
-    MatchingConfig,
-    MatchingService,
-    add_matching_parser,
-    config_from_args,
-)
+from trading_system.matching.service.app import MatchingConfig, MatchingService
+from trading_system.matching.service.cli import add_matching_parser, config_from_args
 from trading_system.matching.service.messages import MatchingCommand, MatchingEvents
 
 pytestmark = pytest.mark.unit
@@ -125,10 +123,11 @@ def test_cli_parser() -> None:
 
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command")
-    add_matching_parser(sub)
+    add_matching_parser(sub, ServiceEnvironment.read({}))
     args = parser.parse_args(
         [
             "matching",
+            "serve",
             "--engine-id",
             "m1",
             "--db-url",
@@ -141,11 +140,53 @@ def test_cli_parser() -> None:
             "BTC-USD:5:10",
             "--bus-mode",
             "in_memory",
+            "--bus-url",
+            "amqp://a/,amqp://b/",
         ]
     )
     config = config_from_args(args)
     assert config.role is Role.ACTIVE and config.epoch == 3 and config.specs[0].tick_size == 5
     assert config.specs[0].lot_size == 10 and callable(args.func)
+    assert config.bus_urls == ("amqp://a/", "amqp://b/")
+
+
+def test_serve_takes_everything_from_the_operators_environment(tmp_path: Path) -> None:
+    """In a pod, ``trading-system matching serve`` runs with no flags at all."""
+    import argparse
+    import json
+
+    config_file = tmp_path / "config.json"
+    config_file.write_text(
+        json.dumps(
+            {"symbols": [{"name": "BTC-USD", "tickSize": "0.05", "lotSize": "0.001", "priceBandPercent": 5}]}
+        )
+    )
+    env = ServiceEnvironment.read(
+        {
+            "TRADING_SYSTEM_INSTANCE": "prod",
+            "TRADING_SYSTEM_DATABASE_URL": "postgresql+asyncpg://db/x",
+            "TRADING_SYSTEM_RABBITMQ_URL": "amqp://r1/,amqp://r2/",
+            "TRADING_SYSTEM_POD_NAME": "prod-matching-3",
+            "TRADING_SYSTEM_POD_IP": "10.1.2.3",
+            "TRADING_SYSTEM_CONFIG": str(config_file),
+        }
+    )
+    parser = argparse.ArgumentParser()
+    add_matching_parser(parser.add_subparsers(dest="command"), env)
+    config = config_from_args(parser.parse_args(["matching", "serve"]))
+    assert (config.engine_id, config.holder, config.http_host, config.http_port) == (
+        "prod",
+        "prod-matching-3",
+        "10.1.2.3",
+        8080,
+    )
+    assert config.db_url == "postgresql+asyncpg://db/x" and config.bus_urls == ("amqp://r1/", "amqp://r2/")
+    assert config.role is Role.STANDBY and config.epoch == 0
+    assert config.specs == (SymbolSpec("BTC-USD", tick_size=5, lot_size=1, band_bps=500),)
+
+    config_file.write_text(json.dumps({"symbols": [{"name": "X", "tickSize": "-1", "lotSize": "1"}]}))
+    with pytest.raises(SystemExit, match="bad symbol entry"):
+        config_from_args(parser.parse_args(["matching", "serve"]))
 
 
 async def test_demote_under_flow_loses_and_reorders_nothing(active: MatchingService) -> None:

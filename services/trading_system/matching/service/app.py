@@ -1,7 +1,10 @@
 """The matching service process: bus consumer + runner + HTTP.
 
-    trading-system matching --engine-id m1 --db-url postgresql+asyncpg://... \
-        --bus-mode rabbitmq --bus-url amqp://... --role active --epoch 1 --http-port 8080
+    trading-system matching serve --engine-id m1 --db-url postgresql+asyncpg://... \
+        --bus-url amqp://... --role active --epoch 1 --port 8080
+
+(the command line is ``matching/service/cli.py``; in a pod every flag comes from the
+environment the operator sets).
 
 Commands arrive on the quorum queue ``matching.commands.<engine-id>`` with
 single-active-consumer; each handler call hands its command to a batcher, which submits
@@ -12,7 +15,6 @@ member consumes; standby and fenced members tail the journal.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -451,67 +453,3 @@ def parse_symbol(text: str) -> SymbolSpec:
     numbers += [0] * (4 - len(numbers))
     tick, lot, band, ref = numbers[:4]
     return SymbolSpec(parts[0], tick_size=tick or 1, lot_size=lot or 1, band_bps=band, reference_price=ref)
-
-
-def add_matching_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``matching`` subcommand; its handler is ``args.func(args) -> int``."""
-    p: argparse.ArgumentParser = subparsers.add_parser(
-        "matching", help="run a matching engine (active or standby)"
-    )
-    p.add_argument("--engine-id", required=True)
-    p.add_argument("--db-url", required=True)
-    p.add_argument("--bus-url", action="append", default=[], help="RabbitMQ URL (repeatable)")
-    p.add_argument("--bus-mode", default=None, help="rabbitmq | in_memory | auto (default: environment)")
-    p.add_argument("--role", choices=[Role.ACTIVE.value, Role.STANDBY.value], default=Role.STANDBY.value)
-    p.add_argument("--epoch", type=int, default=0, help="epoch to take when starting active")
-    p.add_argument("--http-host", default="0.0.0.0")
-    p.add_argument("--http-port", type=int, default=8080)
-    p.add_argument("--holder", default=socket.gethostname(), help="name written to the fence row")
-    p.add_argument("--pair-name", default=None, help="fence row (default matching-<engine-id>)")
-    p.add_argument(
-        "--symbol",
-        action="append",
-        default=[],
-        type=parse_symbol,
-        help="SYMBOL[:tick[:lot[:band_bps[:ref]]]] (repeatable; same on both members)",
-    )
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--snapshot-every", type=int, default=10_000)
-    p.set_defaults(func=run_matching)
-    return p
-
-
-def config_from_args(args: argparse.Namespace) -> MatchingConfig:
-    return MatchingConfig(
-        engine_id=args.engine_id,
-        db_url=args.db_url,
-        role=Role(args.role),
-        epoch=args.epoch,
-        bus_mode=args.bus_mode,
-        bus_urls=tuple(args.bus_url),
-        http_host=args.http_host,
-        http_port=args.http_port,
-        holder=args.holder,
-        pair_name=args.pair_name,
-        specs=tuple(args.symbol),
-        batch_size=args.batch_size,
-        snapshot_every=args.snapshot_every,
-    )
-
-
-def run_matching(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    asyncio.run(MatchingService(config_from_args(args)).run())
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="trading-system")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_matching_parser(sub)
-    args = parser.parse_args(argv)
-    return int(args.func(args))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
