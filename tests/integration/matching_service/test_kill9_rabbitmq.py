@@ -21,14 +21,12 @@ from prometheus_client import CollectorRegistry
 
 from tests.environment.processes import free_port_block
 from tests.environment.rabbitmq import RabbitMQCluster
+from tests.integration.matching_support import matching_client, subscribe_event_sink
 from tests.unit.matching_service.helpers import SPECS, command_stream, eventually, replay_digest, take
-from trading_system.bus.config import BusSettings
-from trading_system.bus.envelope import Envelope
 from trading_system.bus.facade import MessageBus
-from trading_system.bus.topology import Binding, Exchange, Topology, WorkQueue
 from trading_system.matching.service import Journal, Role, command_to_dict
 from trading_system.matching.service.app import MatchingConfig, MatchingService
-from trading_system.matching.service.messages import MatchingCommand, register
+from trading_system.matching.service.messages import MatchingCommand
 from trading_system.storage import create_engine
 
 pytestmark = pytest.mark.integration
@@ -37,14 +35,8 @@ ROOT = Path(__file__).resolve().parents[3]
 
 @pytest_asyncio.fixture(loop_scope="function")
 async def client_bus(rabbitmq: RabbitMQCluster) -> AsyncIterator[MessageBus]:
-    bus = MessageBus(
-        BusSettings(mode="rabbitmq", urls=tuple(rabbitmq.urls), service="test-client", depth_poll_interval=0),
-        metrics_registry=CollectorRegistry(),
-    )
-    register(bus.registry)
-    await bus.start()
-    yield bus
-    await bus.close()
+    async with matching_client(rabbitmq.urls) as bus:
+        yield bus
 
 
 def spawn_active(engine_id: str, dsn: str, urls: list[str], port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -89,24 +81,6 @@ async def consuming(port: int) -> bool:
             return resp.status == 200 and bool(body.get("consuming"))
     except aiohttp.ClientError:
         return False
-
-
-async def subscribe_event_sink(client_bus: MessageBus, engine_id: str) -> list[tuple[int, int]]:
-    """Collect (epoch, sequence) of every event message the engines publish."""
-    sink_queue = f"test.matching.events.{engine_id}"
-    await client_bus.declare(
-        Topology(
-            exchanges=(Exchange("ts.events"),),
-            queues=(WorkQueue(sink_queue, bindings=(Binding("ts.events", f"matching.events.{engine_id}"),)),),
-        )
-    )
-    seen: list[tuple[int, int]] = []
-
-    async def sink(env: Envelope[Any]) -> None:
-        seen.append((int(env.epoch or 0), int(env.sequence or 0)))
-
-    await client_bus.subscribe(sink_queue, sink, prefetch=500)
-    return seen
 
 
 def warm_standby(engine_id: str, postgres_dsn: str, urls: list[str]) -> MatchingService:

@@ -59,8 +59,8 @@ class RecordingPublisher:
         return [(b.epoch, e.seq) for b in self.batches for e in b.entries]
 
 
-async def replay_digest(journal: Journal) -> tuple[str, int]:
-    """Digest of a fresh engine fed the whole journal (no snapshot)."""
+async def replay(journal: Journal) -> tuple[MatchingEngine, int]:
+    """A fresh engine fed the whole journal (no snapshot), and the last seq applied."""
     engine = MatchingEngine(SPECS)
     last = 0
     async for page in journal.iterate():
@@ -68,4 +68,10 @@ async def replay_digest(journal: Journal) -> tuple[str, int]:
             assert entry.seq == last + 1
             engine.process(entry.command)
             last = entry.seq
+    return engine, last
+
+
+async def replay_digest(journal: Journal) -> tuple[str, int]:
+    """Digest of a fresh engine fed the whole journal (no snapshot)."""
+    engine, last = await replay(journal)
     return engine.digest(), last
