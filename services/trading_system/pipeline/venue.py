@@ -10,56 +10,20 @@ from __future__ import annotations
 from typing import Any
 
 from trading_system.bus import Envelope, MessageBus, PermanentError
-from trading_system.bus.catalog import OrderCancel, OrderNew
-from trading_system.bus.catalog.common import OrderType as WireOrderType
-from trading_system.bus.catalog.common import Side as WireSide
-from trading_system.bus.catalog.common import TimeInForce as WireTif
-from trading_system.matching.core import (
-    Cancel,
-    MatchingEngine,
-    NewOrder,
-    OrderType,
-    Side,
-    SymbolSpec,
-    TimeInForce,
-)
+from trading_system.matching.core import Cancel, MatchingEngine, NewOrder, SymbolSpec
+from trading_system.matching.service.codec import CommandDecodeError
+from trading_system.matching.service.orders import CANCEL_PREFIX, NEW_PREFIX, command_from_order
 from trading_system.pipeline.messages import DEFAULT_NAMES, EVENTS_KEY, MatchingEvents, Names
 
-NEW_PREFIX = "new:"
-CANCEL_PREFIX = "cancel:"
-
-_SIDES = {WireSide.BUY: Side.BUY, WireSide.SELL: Side.SELL}
-_TYPES = {WireOrderType.LIMIT: OrderType.LIMIT, WireOrderType.MARKET: OrderType.MARKET}
-_TIFS = {WireTif.GTC: TimeInForce.GTC, WireTif.IOC: TimeInForce.IOC, WireTif.FOK: TimeInForce.FOK}
+__all__ = ["CANCEL_PREFIX", "NEW_PREFIX", "VenueAdapter", "to_engine_command", "trade_id"]
 
 
 def to_engine_command(message: object, message_id: str, ts: int) -> NewOrder | Cancel:
-    """The engine command for a catalog order message (integer units on both sides)."""
-    if isinstance(message, OrderNew):
-        if message.order_type not in _TYPES or message.time_in_force not in _TIFS:
-            raise PermanentError(f"unsupported order {message.order_type}/{message.time_in_force}")
-        return NewOrder(
-            cmd_id=NEW_PREFIX + message.order_id,
-            ts=ts,
-            symbol=message.symbol,
-            order_id=message.order_id,
-            account=message.account,
-            side=_SIDES[message.side],
-            qty=int(message.qty),
-            price=int(message.price or 0),
-            order_type=_TYPES[message.order_type],
-            tif=_TIFS[message.time_in_force],
-            post_only=message.post_only,
-        )
-    if isinstance(message, OrderCancel):
-        return Cancel(
-            cmd_id=CANCEL_PREFIX + message_id,
-            ts=ts,
-            symbol=message.symbol,
-            order_id=message.order_id,
-            account=message.account,
-        )
-    raise PermanentError(f"the venue does not take {type(message).__name__}")
+    """The engine command for a catalog order message (see ``matching.service.orders``)."""
+    try:
+        return command_from_order(message, message_id, ts)
+    except CommandDecodeError as exc:
+        raise PermanentError(str(exc)) from exc
 
 
 class VenueAdapter:

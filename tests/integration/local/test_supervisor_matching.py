@@ -54,7 +54,8 @@ class Pipeline:
 
 def matching_command(engine_id: str, dsn: str, urls: Sequence[str]):  # type: ignore[no-untyped-def]
     def command(name: str, host: str, port: int) -> list[str]:
-        argv = [sys.executable, "-m", "trading_system.cli", "matching", "serve", "--engine-id", engine_id]
+        argv = [sys.executable, "-m", "trading_system.cli", "matching", "serve", "--no-orders"]
+        argv += ["--engine-id", engine_id]
         argv += ["--db-url", dsn, "--bus-url", ",".join(urls), "--host", host, "--port", str(port)]
         argv += ["--holder", name, "--batch-size", "32", "--snapshot-every", "500"]
         for spec in SPECS:

@@ -46,6 +46,7 @@ def spawn_active(engine_id: str, dsn: str, urls: list[str], port: int, log: Path
         "trading_system.matching.service.cli",
         "matching",
         "serve",
+        "--no-orders",
         "--engine-id",
         engine_id,
         "--db-url",

@@ -303,3 +303,50 @@ async def test_producer_batches_keep_their_order_and_misused_batches_are_refused
 
 async def _depth_is(service: MatchingService, queue: str, depth: int) -> bool:
     return await service.bus.transport.queue_depth(queue) == depth
+
+
+async def test_the_pipeline_venue_takes_the_coordinators_catalog_orders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``accept_orders`` the service consumes order.new / order.cancel from the shared
+    command queue: converted once, journaled, deduplicated on redelivery."""
+    import dataclasses
+
+    from trading_system.bus.catalog import OrderCancel, OrderNew
+    from trading_system.bus.catalog.common import OrderType, Side
+
+    monkeypatch.setenv("TRADING_SYSTEM_ADMIN_TOKENS", ADMIN)
+    service = make_service(tmp_path, Role.ACTIVE, 1)
+    service.config = dataclasses.replace(service.config, accept_orders=True)
+    await service.start()
+    try:
+        await eventually(lambda: service._subscription is not None)
+        assert service.config.command_queue == "matching.commands"
+
+        def new(order_id: str, side: Side, price: int) -> OrderNew:
+            return OrderNew(
+                order_id=order_id,
+                client_order_id=f"c-{order_id}",
+                account="a1" if side is Side.BUY else "a2",
+                symbol="BTC-USD",
+                side=side,
+                order_type=OrderType.LIMIT,
+                qty=5,
+                price=price,
+            )
+
+        buy = new("o1", Side.BUY, 5_000)
+        await service.bus.publish(buy, routing_key="order.new")
+        await service.bus.publish(buy, routing_key="order.new")  # a redelivered copy
+        await service.bus.publish(new("o2", Side.SELL, 5_100), routing_key="order.new")
+        await service.bus.publish(
+            OrderCancel(order_id="o2", account="a2", symbol="BTC-USD"), routing_key="order.cancel"
+        )
+        await eventually(lambda: service.runner.applied_seq == 3)
+        entries = [e async for page in service.journal.iterate() for e in page]
+        assert [e.command_id for e in entries][:2] == ["new:o1", "new:o2"]
+        assert entries[2].command_id.startswith("cancel:")
+        book = service.runner.book("BTC-USD")
+        assert book["bids"] == [[5_000, 5, 1]] and book["asks"] == []
+    finally:
+        await service.stop()

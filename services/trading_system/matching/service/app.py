@@ -27,6 +27,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from trading_system.bus.catalog import OrderCancel, OrderNew
 from trading_system.bus.consumer import Subscription, current_delivery
 from trading_system.bus.envelope import Envelope
 from trading_system.bus.errors import PermanentError
@@ -42,12 +43,14 @@ from trading_system.matching.service.journal import Journal
 from trading_system.matching.service.messages import (
     COMMAND_ROUTING_KEY,
     EVENTS_ROUTING_KEY,
+    ORDER_ROUTING_KEYS,
     MatchingCommand,
     MatchingCommandBatch,
     MatchingEvents,
     register,
 )
 from trading_system.matching.service.metrics import MatchingMetrics
+from trading_system.matching.service.orders import command_from_order
 from trading_system.storage import create_engine
 from trading_system.storage.fencing import FencedError
 
@@ -71,18 +74,26 @@ class MatchingConfig:
     tail_interval: float = 0.05
     snapshot_every: int = 10_000
     epoch_check_interval: float = 1.0
+    # The pipeline's venue: also take the coordinator's catalog order.new / order.cancel
+    # from the shared ``orders_queue`` (pipeline.messages.Names.commands).
+    accept_orders: bool = False
+    orders_queue: str = "matching.commands"
+    exchange: str | None = None  # None: the bus's default exchange
 
     @property
     def command_queue(self) -> str:
-        return f"matching.commands.{self.engine_id}"
+        return self.orders_queue if self.accept_orders else f"matching.commands.{self.engine_id}"
 
     def topology(self, exchange: str) -> Topology:
+        keys = [f"{COMMAND_ROUTING_KEY}.{self.engine_id}"]
+        if self.accept_orders:
+            keys += ORDER_ROUTING_KEYS
         return Topology(
             exchanges=(Exchange(exchange),),
             queues=(
                 WorkQueue(
                     self.command_queue,
-                    bindings=(Binding(exchange, f"{COMMAND_ROUTING_KEY}.{self.engine_id}"),),
+                    bindings=tuple(Binding(exchange, key) for key in keys),
                     single_active_consumer=True,
                 ),
             ),
@@ -210,6 +221,7 @@ class MatchingService:
             metrics_registry=registry,
         )
         register(self.bus.registry)
+        self.exchange = config.exchange or self.bus.settings.default_exchange
         self.runner = EngineRunner(
             self.journal,
             self.publish,
@@ -246,7 +258,7 @@ class MatchingService:
     async def start(self) -> None:
         await self.journal.migrate()
         await self.bus.start()
-        await self.bus.declare(self.config.topology(self.bus.settings.default_exchange))
+        await self.bus.declare(self.config.topology(self.exchange))
         applied = await self.runner.recover()
         log.info(
             "matching %s rebuilt to seq %d (%d replayed), core build %s",
@@ -329,11 +341,6 @@ class MatchingService:
         self.batcher.release_held()
 
     async def _handle(self, env: Envelope[Any]) -> None:
-        payload = env.payload
-        if not isinstance(payload, MatchingCommand | MatchingCommandBatch) or (
-            payload.engine_id != self.config.engine_id
-        ):
-            raise PermanentError(f"not a command for matching engine {self.config.engine_id}")
         delivery = current_delivery()
         if delivery is not None and delivery.items > 1 and self.config.batch_size > 1:
             # Items of two bus-level batches handled at once would interleave: refuse
@@ -342,12 +349,25 @@ class MatchingService:
                 "matching commands sent with publish_batch can be reordered; "
                 "send one matching.command per message or one matching.commands batch"
             )
-        raw = payload.commands if isinstance(payload, MatchingCommandBatch) else [payload.command]
         try:
-            cmds = [command_from_dict(item) for item in raw]  # all or nothing
+            cmds = self._commands_of(env)
         except CommandDecodeError as exc:
             raise PermanentError(str(exc)) from exc
         await self.batcher.submit(cmds)
+
+    def _commands_of(self, env: Envelope[Any]) -> list[Command]:
+        """The core commands a message carries (all or nothing), or CommandDecodeError."""
+        payload, engine_id = env.payload, self.config.engine_id
+        if isinstance(payload, MatchingCommand | MatchingCommandBatch):
+            if payload.engine_id != engine_id:
+                raise CommandDecodeError(f"not a command for matching engine {engine_id}")
+            raw = payload.commands if isinstance(payload, MatchingCommandBatch) else [payload.command]
+            return [command_from_dict(item) for item in raw]
+        if isinstance(payload, OrderNew | OrderCancel) and self.config.accept_orders:
+            # Milliseconds of the producer's clock: the engine clock for GTD expiry.
+            ts = int(env.produced_at.timestamp() * 1000)
+            return [command_from_order(payload, env.message_id, ts)]
+        raise CommandDecodeError(f"matching engine {engine_id} does not take {type(payload).__name__}")
 
     async def publish(self, batch: EventBatch) -> None:
         envelopes = [
@@ -371,7 +391,10 @@ class MatchingService:
         step = self.bus.settings.max_batch_size
         for start in range(0, len(envelopes), step):
             await self.bus.publish_batch(
-                envelopes[start : start + step], routing_key=routing_key, mandatory=False
+                envelopes[start : start + step],
+                exchange=self.exchange,
+                routing_key=routing_key,
+                mandatory=False,
             )
 
     # -- HTTP ---------------------------------------------------------------------------

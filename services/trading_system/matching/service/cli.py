@@ -21,6 +21,7 @@ from trading_system.common.service_env import ConfigError, ServiceEnvironment, a
 from trading_system.matching.core import SymbolSpec
 from trading_system.matching.service.app import MatchingConfig, MatchingService, parse_symbol
 from trading_system.matching.service.engine_runner import Role
+from trading_system.pipeline.messages import Names
 
 
 def symbols_from_config(config: Mapping[str, Any]) -> tuple[SymbolSpec, ...]:
@@ -73,6 +74,16 @@ def add_matching_parser(subparsers: Any, env: ServiceEnvironment | None = None) 
         help="SYMBOL[:tick[:lot[:band_bps[:ref]]]] (repeatable; same on both members); "
         "default: the symbols of $TRADING_SYSTEM_CONFIG",
     )
+    serve.add_argument(
+        "--namespace",
+        default="",
+        help="prefix of the pipeline's exchange and queue names (as the coordinator's)",
+    )
+    serve.add_argument(
+        "--no-orders",
+        action="store_true",
+        help="take only matching.command messages, not the coordinator's catalog orders",
+    )
     serve.add_argument("--batch-size", type=int, default=64)
     serve.add_argument("--snapshot-every", type=int, default=10_000)
     serve.set_defaults(func=run_matching, service_env=env)
@@ -89,6 +100,7 @@ def config_from_args(args: argparse.Namespace) -> MatchingConfig:
         specs = tuple(args.symbol) or symbols_from_config(env.pipeline_config())
     except ConfigError as exc:
         raise SystemExit(str(exc)) from exc
+    names = Names.namespaced(args.namespace)
     return MatchingConfig(
         engine_id=args.engine_id,
         db_url=args.db_url,
@@ -103,6 +115,9 @@ def config_from_args(args: argparse.Namespace) -> MatchingConfig:
         specs=specs,
         batch_size=args.batch_size,
         snapshot_every=args.snapshot_every,
+        accept_orders=not args.no_orders,
+        orders_queue=names.commands,
+        exchange=names.exchange,
     )
 
 

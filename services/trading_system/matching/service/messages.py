@@ -8,6 +8,8 @@ from trading_system.bus.messages import BusMessage, MessageRegistry
 
 COMMAND_ROUTING_KEY = "matching.command"
 EVENTS_ROUTING_KEY = "matching.events"
+# The coordinator's catalog orders, taken by a member configured as the pipeline's venue.
+ORDER_ROUTING_KEYS = ("order.new", "order.cancel")
 
 
 class MatchingCommand(BusMessage):
