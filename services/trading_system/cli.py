@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from trading_system.execution.service.cli import add_execution_parser
 from trading_system.matching.service.cli import add_matching_parser
 
 
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="postgresql+asyncpg://... to use PostgreSQL instead of a temporary SQLite file",
     )
     add_matching_parser(sub)
+    add_execution_parser(sub)
     return parser
 
 

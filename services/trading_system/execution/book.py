@@ -74,7 +74,13 @@ class OrderRecord:
         for f in s.fills:
             fa, fl = self.fill_slippage(f.price)
             fills.append(
-                {"trade_id": f.trade_id, "qty": f.qty, "price": f.price, "vs_arrival_bps": fa, "vs_limit_bps": fl}
+                {
+                    "trade_id": f.trade_id,
+                    "qty": f.qty,
+                    "price": f.price,
+                    "vs_arrival_bps": fa,
+                    "vs_limit_bps": fl,
+                }
             )
         return {
             "order_id": self.order_id,

@@ -27,7 +27,9 @@ from trading_system.execution.slippage import report
 
 def build_schedule(strategy: Strategy, qty: int, params: Mapping[str, Any], start: float) -> list[Slice]:
     if strategy is Strategy.CHUNK:
-        return chunk_schedule(qty, int(params["chunk_size"]), start, float(params.get("interval_seconds", 0.0)))
+        return chunk_schedule(
+            qty, int(params["chunk_size"]), start, float(params.get("interval_seconds", 0.0))
+        )
     if strategy is Strategy.TWAP:
         return twap_schedule(qty, int(params["slices"]), start, float(params["duration_seconds"]))
     return vwap_schedule(qty, list(params["volume_profile"]), start, float(params["duration_seconds"]))
@@ -60,7 +62,8 @@ class ParentRecord:
     def child(self, piece: Slice, now: float, arrival: float | None) -> OrderRecord:
         return OrderRecord(
             order_id=child_id(self.parent_id, piece.index),
-            client_order_id=f"{self.client_order_id}.{piece.index}",
+            # '#' is not allowed in a client's own ids, so a child's can never collide with one.
+            client_order_id=f"{self.client_order_id}#{piece.index}",
             account=self.account,
             symbol=self.symbol,
             side=self.side,
@@ -82,7 +85,9 @@ class ParentRecord:
     def to_json(self, children: list[OrderRecord]) -> dict[str, Any]:
         fills = [(f.qty, f.price) for c in children for f in c.state.fills]
         # Arrival is the parent's, not each child's: the cost of slicing is part of the result.
-        summary = report(self.side, fills, round(self.arrival_price), self.price) if self.arrival_price else None
+        summary = (
+            report(self.side, fills, round(self.arrival_price), self.price) if self.arrival_price else None
+        )
         filled = sum(q for q, _ in fills)
         average = sum(q * p for q, p in fills) / filled if filled else None
         p = self.progress

@@ -1,9 +1,10 @@
 """What the in-process pipeline puts on the bus besides the catalog, and its topology.
 
 Commands travel as catalog messages (``order.new``, ``order.cancel``) to one ordered
-queue the venue consumes. The venue answers each command with ONE ``matching.events``
-message carrying the engine's event tuples in sequence order (one publish, one ack per
-command); the coordinator, settlement and execution each read their own copy.
+queue the venue consumes (the matching service's active member, or the demo's in-process
+``VenueAdapter``). The venue answers each command with ONE ``matching.events`` message
+(``matching.service.messages.MatchingEvents``) carrying the engine's event tuples in
+sequence order; the coordinator, settlement and execution each read their own copy.
 
 Between the execution service and the coordinator replicas (the deployed pipeline, where
 they are separate processes): execution publishes a placement request as a catalog
@@ -16,11 +17,11 @@ routing key ``txn.outcome``, which execution reads from ``execution.outcomes``.
 from __future__ import annotations
 
 from dataclasses import astuple, dataclass
-from typing import Any
 
 from trading_system.bus import Binding, Exchange, MessageBus, Topology, WorkQueue
 from trading_system.bus.catalog import default_registry
-from trading_system.bus.messages import BusMessage, MessageRegistry
+from trading_system.bus.messages import MessageRegistry
+from trading_system.matching.service.messages import MatchingEvents
 
 EXCHANGE = "ts.events"
 COMMANDS_QUEUE = "matching.commands"
@@ -30,23 +31,20 @@ EXECUTION_QUEUE = "execution.events"
 REQUESTS_QUEUE = "coordinator.requests"
 OUTCOMES_QUEUE = "execution.outcomes"
 EVENTS_KEY = "matching.events"
+# The embedded venue publishes on EVENTS_KEY, a matching service on EVENTS_KEY.<engine id>.
+EVENTS_BINDING = "matching.events.#"
 PLACE_KEY = "coordinator.place"
 CANCEL_KEY = "coordinator.cancel"
 OUTCOME_KEY = "txn.outcome"
-
-
-class MatchingEvents(BusMessage):
-    """The events one command produced, in engine sequence order (see docs/matching.md)."""
-
-    message_type = "matching.events"
-    venue: str
-    events: tuple[tuple[Any, ...], ...]
 
 
 def registry() -> MessageRegistry:
     reg = default_registry()
     reg.register(MatchingEvents)
     return reg
+
+
+__all__ = ["EVENTS_BINDING", "EVENTS_KEY", "MatchingEvents", "Names", "make_bus", "registry", "topology"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +71,7 @@ DEFAULT_NAMES = Names()
 
 def topology(names: Names = DEFAULT_NAMES) -> Topology:
     commands = tuple(Binding(names.exchange, key) for key in ("order.new", "order.cancel"))
-    events = (Binding(names.exchange, EVENTS_KEY),)
+    events = (Binding(names.exchange, EVENTS_BINDING),)
     return Topology(
         exchanges=(Exchange(names.exchange),),
         queues=(

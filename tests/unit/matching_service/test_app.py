@@ -219,7 +219,7 @@ async def test_bad_commands_get_reasons_and_change_nothing(active: MatchingServi
     decodable but invalid ones (unknown symbol, off-tick price, bad quantity or side) are
     journaled, answered with reject events carrying the reason, and leave the book as it was."""
     from trading_system.bus.topology import dead_letter_queue_name
-    from trading_system.matching.core import EventKind, NewOrder, RejectReason, Side
+    from trading_system.matching.core import EventKind, NewOrder, RejectReason, Side, decode_event
 
     bus = active.bus
     await bus.declare(
@@ -260,7 +260,10 @@ async def test_bad_commands_get_reasons_and_change_nothing(active: MatchingServi
     await eventually(lambda: len(got) == 20 + len(bad))
 
     rejects = {
-        e["cmd_id"]: e["reason"] for m in got[20:] for e in m.events if e["kind"] == EventKind.REJECTED
+        e.cmd_id: e.reason
+        for m in got[20:]
+        for e in map(decode_event, m.events)
+        if e.kind == EventKind.REJECTED
     }
     assert rejects == {cmd_id: int(reason) for cmd_id, (_, reason) in bad.items()}
     assert all(len(m.events) == 1 for m in got[20:])  # a reject and nothing else: no BBO change

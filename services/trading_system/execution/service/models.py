@@ -101,9 +101,9 @@ class SubmitParent(_Request):
     interval_seconds: Annotated[float, Field(ge=0, le=86_400)] = 0.0
     slices: Annotated[int, Field(gt=0, le=10_000)] | None = None
     duration_seconds: Annotated[float, Field(ge=0, le=86_400)] | None = None
-    volume_profile: Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=1, max_length=1000)] | None = (
-        None
-    )
+    volume_profile: (
+        Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=1, max_length=1000)] | None
+    ) = None
 
     @model_validator(mode="after")
     def _strategy_params(self) -> Self:

@@ -57,11 +57,16 @@ def _operation(route: Route) -> dict[str, Any]:
         {"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
         for n in _PATH_PARAM.findall(route.path)
     ]
-    params += [{"name": n, "in": "query", "required": False, "schema": {"type": "string"}} for n in route.query]
+    params += [
+        {"name": n, "in": "query", "required": False, "schema": {"type": "string"}} for n in route.query
+    ]
     if params:
         op["parameters"] = params
     if route.request is not None:
-        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(route.request)}}}
+        op["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": _ref(route.request)}},
+        }
     ok: dict[str, Any] = {"description": "success"}
     if route.response is not None:
         ok["content"] = {route.content_type: {"schema": _ref(route.response)}}

@@ -281,7 +281,9 @@ class OrderStore:
         except IntegrityError as exc:
             raise DuplicateClientOrderId(str(exc.orig)) from exc
 
-    async def release_children(self, fence: FenceToken, parent: ParentRecord, children: Sequence[OrderRecord]) -> None:
+    async def release_children(
+        self, fence: FenceToken, parent: ParentRecord, children: Sequence[OrderRecord]
+    ) -> None:
         """The children and the parent's released slices in one transaction, so a slice
         is either released with its child order or not at all."""
         async with transaction(self.db) as conn:
@@ -305,7 +307,9 @@ class OrderStore:
     async def load(self) -> tuple[list[OrderRecord], list[ParentRecord]]:
         async with self.db.connect() as conn:
             order_rows = (await conn.execute(select(orders).order_by(orders.c.created_at))).all()
-            parent_rows = (await conn.execute(select(parent_orders).order_by(parent_orders.c.created_at))).all()
+            parent_rows = (
+                await conn.execute(select(parent_orders).order_by(parent_orders.c.created_at))
+            ).all()
         return [record_from_row(r) for r in order_rows], [parent_from_row(r) for r in parent_rows]
 
     async def count(self) -> int:

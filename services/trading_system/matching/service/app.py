@@ -36,7 +36,7 @@ from trading_system.bus.topology import Binding, Exchange, Topology, WorkQueue
 from trading_system.common.auth import Scope, TokenSet
 from trading_system.common.http import Readiness, ServiceHttp, json_error, require
 from trading_system.matching.core import BUILD as CORE_BUILD
-from trading_system.matching.core import Command, SymbolSpec, event_to_dict
+from trading_system.matching.core import Command, SymbolSpec
 from trading_system.matching.service.codec import CommandDecodeError, command_from_dict
 from trading_system.matching.service.engine_runner import EngineRunner, EventBatch, NotActiveError, Role
 from trading_system.matching.service.journal import Journal
@@ -373,11 +373,11 @@ class MatchingService:
         envelopes = [
             self.bus.envelope(
                 MatchingEvents(
-                    engine_id=batch.engine_id,
+                    venue=batch.engine_id,
                     epoch=batch.epoch,
                     seq=entry.seq,
                     command_id=entry.command_id,
-                    events=[event_to_dict(e) for e in entry.events],
+                    events=tuple(tuple(e) for e in entry.events),
                 ),
                 epoch=batch.epoch,
                 sequence=entry.seq,

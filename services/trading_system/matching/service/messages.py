@@ -34,16 +34,26 @@ class MatchingCommandBatch(BusMessage):
 
 
 class MatchingEvents(BusMessage):
-    """The events of one journaled command, stamped ``(epoch, seq)`` (also on the envelope)."""
+    """The events one command produced, in engine sequence order: what every consumer of
+    the venue reads (coordinator, settlement, execution), from the matching service and
+    from the embedded demo's in-process venue alike.
+
+    ``events`` are the core's event tuples (``matching.core.decode_event`` names their
+    fields; enums travel as their integer values). ``epoch`` and ``seq`` are the
+    publisher's epoch and the journal sequence of the command (also on the envelope);
+    the message id is ``<venue>:<seq>`` whatever the epoch, so a consumer deduplicating
+    by message id drops what a promoted member republishes. The embedded venue has no
+    journal: it sends epoch 0 and its own counter.
+    """
 
     message_type = "matching.events"
     version = 1
 
-    engine_id: str
-    epoch: int
-    seq: int
-    command_id: str
-    events: list[dict[str, Any]]
+    venue: str
+    events: tuple[tuple[Any, ...], ...]
+    epoch: int = 0
+    seq: int = 0
+    command_id: str = ""
 
 
 def register(registry: MessageRegistry) -> MessageRegistry:

@@ -1,0 +1,1 @@
+"""The execution service process: HTTP order API, order tracking, parents, active/standby."""
