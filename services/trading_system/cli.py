@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from trading_system.coordinator.service.cli import add_coordinator_parser
 from trading_system.execution.service.cli import add_execution_parser
+from trading_system.local.launcher import add_local_parser
 from trading_system.matching.service.cli import add_matching_parser
 
 
@@ -43,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_matching_parser(sub)
     add_execution_parser(sub)
+    add_coordinator_parser(sub)
+    add_local_parser(sub)
     return parser
 
 
