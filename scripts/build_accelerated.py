@@ -75,7 +75,8 @@ def compile_into(target: Path) -> None:
     """Run mypyc on a scratch copy of the package, keep the core's extension modules."""
     with tempfile.TemporaryDirectory(prefix="ts-mypyc-") as scratch:
         work = Path(scratch)
-        shutil.copytree(PACKAGE, work / "trading_system", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+        skip = shutil.ignore_patterns("*.so", "__pycache__")
+        shutil.copytree(PACKAGE, work / "trading_system", ignore=skip)
         paths = [f"trading_system/matching/core/{name}" for name in MODULES]
         (work / "setup.py").write_text(_SETUP.format(paths=paths, group=GROUP))
         subprocess.run([sys.executable, "setup.py"], cwd=work, check=True, stdout=subprocess.DEVNULL)
@@ -108,7 +109,9 @@ def build(strict: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--clean", action="store_true", help="remove the compiled modules")
     group.add_argument("--status", action="store_true", help="print which build is importable")

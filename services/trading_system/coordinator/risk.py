@@ -8,7 +8,7 @@ and order-rate limits need what the account already has, gathered by the driver 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from trading_system.matching.core import Side
 from trading_system.pipeline.orders import OrderRequest, RiskLimits, risk_vote
@@ -20,7 +20,7 @@ class RiskPolicy:
     ``max_exposure``: quote units an account may have reserved for open buys, this one
     included. ``max_orders``: placements per account within ``window`` seconds."""
 
-    limits: RiskLimits = RiskLimits()
+    limits: RiskLimits = field(default_factory=RiskLimits)
     max_position: int | None = None
     max_exposure: int | None = None
     max_orders: int | None = None
@@ -47,7 +47,10 @@ def evaluate(policy: RiskPolicy, order: OrderRequest, cost: int, context: RiskCo
     if not yes:
         return yes, reason
     if policy.max_orders is not None and context.recent_orders >= policy.max_orders:
-        return False, f"order rate: {context.recent_orders} orders in {policy.window}s (limit {policy.max_orders})"
+        return (
+            False,
+            f"order rate: {context.recent_orders} orders in {policy.window}s (limit {policy.max_orders})",
+        )
     if order.side == Side.BUY:
         if policy.max_position is not None and context.position + order.qty > policy.max_position:
             return False, f"position {context.position} + {order.qty} above limit {policy.max_position}"

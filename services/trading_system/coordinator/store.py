@@ -19,7 +19,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from trading_system.coordinator.protocol import TERMINAL_PHASES, Phase, PhaseTimeouts, Transaction
+from trading_system.coordinator.protocol import TERMINAL_PHASES, Phase, Transaction
 from trading_system.matching.core import Side
 from trading_system.pipeline.orders import OrderRequest
 
@@ -29,6 +29,10 @@ IN_DOUBT_PHASES = frozenset({Phase.PRE_COMMIT, Phase.DO_COMMIT, Phase.ABORTING})
 
 class LeaseLostError(RuntimeError):
     """This replica's lease on the transaction expired and another replica took it."""
+
+
+class LeaseBusyError(RuntimeError):
+    """Another replica holds a live lease on the transaction (it is mid-step)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,14 +67,36 @@ class AuditEntry:
 
 
 class TransactionStore(Protocol):
-    async def create(self, txn: Transaction, order: OrderRequest, owner: str, now: float, ttl: float) -> bool:
-        """Insert the transaction with its lease held by ``owner``; False if it exists."""
+    async def create(
+        self,
+        txn: Transaction,
+        order: OrderRequest,
+        owner: str,
+        now: float,
+        ttl: float,
+        deadline: float | None,
+    ) -> bool:
+        """Insert the transaction with its lease held by ``owner``; False if it exists.
+
+        ``deadline`` (here and in ``save``) is when the current phase times out, from the
+        driver's ``PhaseTimeouts``; the store only compares it with the clock.
+        """
 
     async def claim(self, txn_id: str, owner: str, now: float, ttl: float) -> Claim | None:
-        """Take the lease if it is free, ours or expired; None if unknown or held by another."""
+        """Take the lease if it is free, ours or expired; None if unknown or ended.
+
+        ``LeaseBusyError`` if another replica holds a live lease.
+        """
 
     async def save(
-        self, before: Transaction, after: Transaction, owner: str, now: float, ttl: float, release: bool
+        self,
+        before: Transaction,
+        after: Transaction,
+        owner: str,
+        now: float,
+        ttl: float,
+        release: bool,
+        deadline: float | None,
     ) -> None:
         """Persist ``after`` (and its new history and votes); ``LeaseLostError`` if not ours."""
 
@@ -90,6 +116,8 @@ class TransactionStore(Protocol):
 
     async def record_audit(self, entry: AuditEntry) -> None: ...
 
+    async def get(self, txn_id: str) -> TxnRecord | None: ...
+
 
 def order_to_dict(order: OrderRequest) -> dict[str, Any]:
     return {**dataclasses.asdict(order), "side": int(order.side)}
@@ -104,10 +132,6 @@ def order_from_dict(data: dict[str, Any]) -> OrderRequest:
         qty=int(data["qty"]),
         price=int(data["price"]),
     )
-
-
-def deadline_of(txn: Transaction, timeouts: PhaseTimeouts) -> float | None:
-    return txn.deadline(timeouts)
 
 
 def lease_is_free(owner: str | None, expires_at: float, me: str, now: float) -> bool:
@@ -127,38 +151,55 @@ class _Row:
     lease_owner: str | None
     lease_expires_at: float
     updated_at: float
+    deadline: float | None
     published: bool = False
 
 
 class MemoryStore:
     """A one-process store with the same lease rules as ``SqlStore``."""
 
-    def __init__(self, timeouts: PhaseTimeouts | None = None) -> None:
-        self.timeouts = timeouts or PhaseTimeouts()
+    def __init__(self) -> None:
         self.rows: dict[str, _Row] = {}
         self.audit: list[AuditEntry] = []
 
-    async def create(self, txn: Transaction, order: OrderRequest, owner: str, now: float, ttl: float) -> bool:
+    async def create(
+        self,
+        txn: Transaction,
+        order: OrderRequest,
+        owner: str,
+        now: float,
+        ttl: float,
+        deadline: float | None,
+    ) -> bool:
         if txn.txn_id in self.rows:
             return False
-        self.rows[txn.txn_id] = _Row(txn, order, owner, now + ttl, now)
+        self.rows[txn.txn_id] = _Row(txn, order, owner, now + ttl, now, deadline)
         return True
 
     async def claim(self, txn_id: str, owner: str, now: float, ttl: float) -> Claim | None:
         row = self.rows.get(txn_id)
-        if row is None or not lease_is_free(row.lease_owner, row.lease_expires_at, owner, now):
+        if row is None or row.txn.is_terminal:
             return None
+        if not lease_is_free(row.lease_owner, row.lease_expires_at, owner, now):
+            raise LeaseBusyError(txn_id)
         previous = row.lease_owner
         row.lease_owner, row.lease_expires_at = owner, now + ttl
         return Claim(row.txn, row.order, is_takeover(previous, owner), previous)
 
     async def save(
-        self, before: Transaction, after: Transaction, owner: str, now: float, ttl: float, release: bool
+        self,
+        before: Transaction,
+        after: Transaction,
+        owner: str,
+        now: float,
+        ttl: float,
+        release: bool,
+        deadline: float | None,
     ) -> None:
         row = self.rows.get(after.txn_id)
         if row is None or row.lease_owner != owner:
             raise LeaseLostError(after.txn_id)
-        row.txn, row.updated_at = after, now
+        row.txn, row.updated_at, row.deadline = after, now, deadline
         row.lease_owner, row.lease_expires_at = (None, 0.0) if release else (owner, now + ttl)
 
     async def release(self, txn_id: str, owner: str) -> None:
@@ -177,8 +218,7 @@ class MemoryStore:
         for txn_id, row in self.rows.items():
             if row.txn.phase in TERMINAL_PHASES:
                 continue
-            deadline = row.txn.deadline(self.timeouts)
-            due = row.lease_owner is None and deadline is not None and deadline <= now
+            due = row.lease_owner is None and row.deadline is not None and row.deadline <= now
             if due or (row.lease_owner is not None and row.lease_expires_at < now):
                 found.append(txn_id)
         return found[:limit]
@@ -203,10 +243,12 @@ class MemoryStore:
     async def record_audit(self, entry: AuditEntry) -> None:
         self.audit.append(entry)
 
-    def get(self, txn_id: str) -> TxnRecord | None:
+    async def get(self, txn_id: str) -> TxnRecord | None:
         row = self.rows.get(txn_id)
         return None if row is None else self._record(row)
 
     @staticmethod
     def _record(row: _Row) -> TxnRecord:
-        return TxnRecord(row.txn, row.order, row.lease_owner, row.lease_expires_at, row.updated_at, row.published)
+        return TxnRecord(
+            row.txn, row.order, row.lease_owner, row.lease_expires_at, row.updated_at, row.published
+        )

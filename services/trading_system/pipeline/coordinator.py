@@ -1,10 +1,16 @@
 """The coordinator driver: runs one three-phase-commit transaction per order placement.
 
-The state machine is ``coordinator.protocol`` (pure). This driver stores each step,
-executes its effects (ledger reserve/bind/release, the risk vote, sending the order or
-its cancel over the bus), feeds their outcomes back, listens to the venue's events for
-accept/reject/cancel, and fires phase timeouts. Transactions are kept in memory here:
-the embedded demo is one process; the service persists them in PostgreSQL.
+The state machine is ``coordinator.protocol`` (pure). This driver stores each step in a
+``TransactionStore``, executes its effects (ledger reserve/bind/release, the risk vote,
+sending the order or its cancel over the bus), feeds their outcomes back, listens to the
+venue's events for accept/reject/cancel, and fires phase timeouts. The embedded demo
+uses the in-memory store; the coordinator service (``coordinator.service``) gives the
+same driver a ``SqlStore``, so N replicas share the transactions through PostgreSQL.
+
+Every step runs under the transaction's lease (see ``coordinator.store``): claimed
+before the event is applied, released once its effects ran. A replica that finds a
+lease its owner let expire takes the transaction over (``LeaseAcquired``) and re-drives
+the persisted phase.
 """
 
 from __future__ import annotations
@@ -14,16 +20,27 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from trading_system.bus import Envelope, MessageBus
 from trading_system.bus.catalog import OrderCancel, OrderNew
 from trading_system.bus.catalog.common import OrderType as WireOrderType
 from trading_system.bus.catalog.common import Side as WireSide
 from trading_system.coordinator import protocol as p
+from trading_system.coordinator.risk import RiskContext, RiskPolicy, evaluate
+from trading_system.coordinator.store import (
+    AuditEntry,
+    Claim,
+    LeaseBusyError,
+    LeaseLostError,
+    MemoryStore,
+    TransactionStore,
+)
 from trading_system.ledger import (
     FenceToken,
     HoldState,
@@ -31,73 +48,138 @@ from trading_system.ledger import (
     Instrument,
     LedgerError,
     bind_hold,
+    get_balance,
     get_hold,
     release,
     reserve,
 )
-from trading_system.matching.core import EventKind, Side
-from trading_system.pipeline.ledger_gate import LedgerGate
+from trading_system.matching.core import EventKind, RejectReason, Side
 from trading_system.pipeline.messages import DEFAULT_NAMES, Names
 from trading_system.pipeline.orders import (
     OrderRequest,
     RiskLimits,
     order_id_of,
     reservation,
-    risk_vote,
     txn_id_for,
 )
-from trading_system.pipeline.venue import NEW_PREFIX
+from trading_system.pipeline.venue import CANCEL_PREFIX, NEW_PREFIX
+from trading_system.storage import FencedError, transaction
 
 log = logging.getLogger(__name__)
 
 RISK = "risk"
 PARTICIPANTS = (p.LEDGER, RISK)
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
 class CoordinatorStats:
     invalid_events: int = 0
     effect_errors: int = 0
+    takeovers: int = 0
+    lease_lost: int = 0
+    duplicates: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass(slots=True)
+class DriverHooks:
+    """What a deployment adds around the steps: metrics, announcing outcomes, test hooks."""
+
+    on_saved: Callable[[p.Transaction, p.Transaction], None] | None = None
+    on_takeover: Callable[[p.Transaction, str | None], None] | None = None
+    on_finished: Callable[[p.Transaction, OrderRequest], Awaitable[None]] | None = None
+
+
+class LedgerRunner(Protocol):
+    """Runs a ledger operation in a committed transaction: ``LedgerGate`` (group commit,
+    the demo's single SQLite writer) or ``DirectLedger`` (one transaction each)."""
+
+    @property
+    def db(self) -> AsyncEngine: ...
+
+    async def run(self, operation: Callable[[AsyncConnection], Awaitable[T]]) -> T: ...
+
+
+class DirectLedger:
+    """Each operation in its own transaction, concurrently: on PostgreSQL this beats one
+    group-commit writer, whose batches run their operations one after the other."""
+
+    def __init__(self, db: AsyncEngine) -> None:
+        self._db = db
+
+    @property
+    def db(self) -> AsyncEngine:
+        return self._db
+
+    async def run(self, operation: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        async with transaction(self._db) as conn:
+            return await operation(conn)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseSettings:
+    """``ttl``: how long a claimed lease lasts without a save or renewal (the takeover
+    bound); ``claim_wait``: how long an event waits for another replica's live lease."""
+
+    ttl: float = 5.0
+    claim_wait: float = 10.0
 
 
 class CoordinatorDriver:
     def __init__(
         self,
         bus: MessageBus,
-        ledger: LedgerGate,
+        ledger: LedgerRunner,
         fence: FenceToken,
         instruments: dict[str, Instrument],
         *,
         fee_bps: int = 10,
         limits: RiskLimits | None = None,
+        risk: RiskPolicy | None = None,
         timeouts: p.PhaseTimeouts | None = None,
         owner: str = "coordinator-0",
         clock: Callable[[], float] = time.monotonic,
         names: Names = DEFAULT_NAMES,
         on_aborted: Callable[[OrderRequest, str], None] | None = None,
+        store: TransactionStore | None = None,
+        lease: LeaseSettings = LeaseSettings(),
+        hooks: DriverHooks | None = None,
+        keep_transactions: bool = True,
+        fence_source: Callable[[], Awaitable[FenceToken]] | None = None,
+        sweep_interval: float = 0.25,
     ) -> None:
         self.bus = bus
         self.names = names
         self.on_aborted = on_aborted
         self.ledger = ledger
         self.fence = fence
+        self.fence_source = fence_source
         self.instruments = instruments
         self.fee_bps = fee_bps
-        self.limits = limits or RiskLimits()
+        self.risk = risk or RiskPolicy(limits or RiskLimits())
         self.timeouts = timeouts or p.PhaseTimeouts()
+        self.store: TransactionStore = store or MemoryStore()
+        self.lease = lease
+        self.hooks = hooks or DriverHooks()
         self.owner = owner
         self.clock = clock
+        self.sweep_interval = sweep_interval
+        # A view of what this process stepped: the demo's summary reads it; a service
+        # replica keeps none (the store is the truth, and it would grow forever).
+        self.keep_transactions = keep_transactions
         self.transactions: dict[str, p.Transaction] = {}
-        self.orders: dict[str, OrderRequest] = {}
         self.stats = CoordinatorStats()
         self._locks: dict[str, asyncio.Lock] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def start(self) -> None:
-        await self.bus.subscribe(self.names.coordinator, self.handle_events)
-        self._sweeper = asyncio.create_task(self._sweep_timeouts(), name="coordinator-timeouts")
+    async def start(self, *, await_events: bool = False) -> None:
+        """``await_events``: handle venue events before acknowledging them (a service
+        replica must, or a crash loses them); the demo lets them run concurrently."""
+        handler = self.handle_events_now if await_events else self.handle_events
+        await self.bus.subscribe(self.names.coordinator, handler, concurrency=32 if await_events else 1)
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="coordinator-timeouts")
 
     async def stop(self) -> None:
         if self._sweeper is not None:
@@ -109,14 +191,23 @@ class CoordinatorDriver:
 
     # -- placing ------------------------------------------------------------------------
 
-    async def place(self, order: OrderRequest) -> p.Transaction:
-        """Run the transaction up to the venue: returns once the order is sent or aborted."""
+    async def place(self, order: OrderRequest) -> p.Transaction | None:
+        """Run the transaction up to the venue: returns once the order is sent or aborted.
+
+        A second placement of the same order id starts nothing (None): the transaction
+        id is derived from the order id, and the store keeps one row per id.
+        """
         txn_id = txn_id_for(order.order_id)
         now = self.clock()
-        self.orders[txn_id] = order
-        self.transactions[txn_id] = p.Transaction.new(txn_id, PARTICIPANTS, self.owner, now)
-        await self.drive(txn_id, p.Begin(now))
-        return self.transactions[txn_id]
+        txn = p.Transaction.new(txn_id, PARTICIPANTS, self.owner, now)
+        lock = self._locks.setdefault(txn_id, asyncio.Lock())
+        async with lock:
+            if not await self.store.create(
+                txn, order, self.owner, now, self.lease.ttl, txn.deadline(self.timeouts)
+            ):
+                self.stats.duplicates += 1
+                return None
+            return await self._run(Claim(txn, order, taken_over=False, previous_owner=None), p.Begin(now))
 
     async def cancel(self, order: OrderRequest) -> None:
         """A client cancel goes straight to the venue; the venue's event closes the order."""
@@ -127,59 +218,150 @@ class CoordinatorDriver:
 
     # -- the step loop --------------------------------------------------------------------
 
-    async def drive(self, txn_id: str, event: p.Event) -> None:
-        """Apply ``event`` and every outcome of the effects it causes, one at a time."""
+    async def drive(self, txn_id: str, event: p.Event | None, *, wait: bool = True) -> p.Transaction | None:
+        """Apply ``event`` (None: only take over or time out what is due) under the lease.
+
+        Returns the transaction after the step, or None if it is unknown or another
+        replica kept its lease for longer than ``claim_wait``.
+        """
         lock = self._locks.setdefault(txn_id, asyncio.Lock())
         async with lock:
-            pending: list[p.Event] = [event]
-            while pending:
-                current = pending.pop(0)
-                txn = self.transactions.get(txn_id)
-                if txn is None:
-                    self.stats.invalid_events += 1
-                    return
-                try:
-                    step = p.apply(txn, current, self.timeouts)
-                except p.InvalidTransition as exc:
-                    self.stats.invalid_events += 1
-                    log.debug("dropped: %s", exc)
-                    continue
-                self.transactions[txn_id] = step.transaction  # "persist" before acting
-                if step.transaction.is_terminal and not txn.is_terminal:
-                    self.stats.outcomes[step.transaction.phase.value] += 1
+            claim = await self._claim(txn_id, self.lease.claim_wait if wait else 0.0)
+            if claim is None:
+                if txn_id not in self.transactions:
                     self._locks.pop(txn_id, None)
-                    if step.transaction.phase is p.Phase.ABORTED and self.on_aborted is not None:
-                        self.on_aborted(self.orders[txn_id], step.transaction.outcome_reason or "aborted")
+                return None
+            if event is None:
+                event = self._sweep_event(claim)
+            return await self._run(claim, event)
+
+    def _sweep_event(self, claim: Claim) -> p.Event | None:
+        """What a sweep applies: the due timeout, or ``Begin`` for a creation whose replica died."""
+        txn, now = claim.transaction, self.clock()
+        if claim.taken_over:
+            return p.Begin(now) if txn.phase is p.Phase.INIT else None  # resume() re-drives the rest
+        deadline = txn.deadline(self.timeouts)
+        return p.Timeout(txn.phase, now) if deadline is not None and deadline <= now else None
+
+    async def _claim(self, txn_id: str, wait: float) -> Claim | None:
+        give_up = self.clock() + wait
+        delay = 0.005
+        while True:
+            try:
+                return await self.store.claim(txn_id, self.owner, self.clock(), self.lease.ttl)
+            except LeaseBusyError:
+                # Another replica is mid-step (usually for milliseconds); if it died, its
+                # lease expires within the ttl and the next attempt takes over.
+                if self.clock() + delay > give_up:
+                    return None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.1)
+
+    async def _run(self, claim: Claim, event: p.Event | None) -> p.Transaction:
+        txn, order = claim.transaction, claim.order
+        pending: list[p.Event] = []
+        if claim.taken_over:
+            self.stats.takeovers += 1
+            if self.hooks.on_takeover is not None:
+                self.hooks.on_takeover(txn, claim.previous_owner)
+            pending.append(p.LeaseAcquired(self.owner, self.clock()))
+        elif txn.owner != self.owner:
+            txn = replace(txn, owner=self.owner)  # a clean hand-over: the last owner released it
+        if event is not None:
+            pending.append(event)
+        released, saved = False, txn
+        try:
+            while pending:
+                step = self._apply(txn, pending.pop(0))
+                if step is None:
+                    continue
+                txn = step.transaction
+                if not step.effects and pending:
+                    continue  # nothing acts on this state yet: one save covers it and the next
+                released = not step.effects and not pending
+                saved = txn = await self._save(saved, txn, order, released)
                 for effect in step.effects:
-                    outcome = await self._execute(effect)
+                    outcome = await self._execute(effect, order)
                     if outcome is not None:
                         pending.append(outcome)
+            if txn is not saved:  # the events after the last save were refused
+                released = True
+                saved = txn = await self._save(saved, txn, order, released)
+        except LeaseLostError:
+            self.stats.lease_lost += 1
+            released = True  # not ours any more: nothing to release
+            log.warning("lost the lease of %s; its new owner carries on", txn.txn_id)
+        finally:
+            if not released:
+                with contextlib.suppress(Exception):
+                    await self.store.release(txn.txn_id, self.owner)
+        return txn
 
-    async def _execute(self, effect: p.Effect) -> p.Event | None:
-        order = self.orders[effect.txn_id]
+    def _apply(self, txn: p.Transaction, event: p.Event) -> p.Step | None:
+        try:
+            return p.apply(txn, event, self.timeouts)
+        except p.InvalidTransition as exc:
+            self.stats.invalid_events += 1
+            log.debug("dropped: %s", exc)
+            return None
+
+    async def _save(
+        self, before: p.Transaction, after: p.Transaction, order: OrderRequest, release_lease: bool
+    ) -> p.Transaction:
+        """Persist before acting: the decision is durable before any effect of it runs."""
+        deadline = after.deadline(self.timeouts)
+        await self.store.save(
+            before, after, self.owner, self.clock(), self.lease.ttl, release_lease, deadline
+        )
+        if self.keep_transactions:
+            self.transactions[after.txn_id] = after
+        if self.hooks.on_saved is not None:
+            self.hooks.on_saved(before, after)
+        if after.is_terminal and not before.is_terminal:
+            await self._finished(after, order)
+        return after
+
+    async def _finished(self, txn: p.Transaction, order: OrderRequest) -> None:
+        self.stats.outcomes[txn.phase.value] += 1
+        self._locks.pop(txn.txn_id, None)
+        if txn.phase is p.Phase.ABORTED and self.on_aborted is not None:
+            self.on_aborted(order, txn.outcome_reason or "aborted")
+        if self.hooks.on_finished is not None:
+            try:
+                await self.hooks.on_finished(txn, order)
+            except Exception:
+                # The outcome stays unpublished in the store; the outbox sweep retries it.
+                log.exception("announcing the outcome of %s failed", txn.txn_id)
+
+    # -- effects --------------------------------------------------------------------------
+
+    async def _execute(self, effect: p.Effect, order: OrderRequest) -> p.Event | None:
         try:
             match effect:
                 case p.ReserveFunds():
                     return await self._reserve(effect.txn_id, order)
                 case p.RequestVote():
-                    yes, reason = risk_vote(order, self.limits)
+                    yes, reason = await self._risk_vote(effect.txn_id, order)
                     value = p.VoteValue.YES if yes else p.VoteValue.NO
                     return p.VoteCast(effect.participant, value, reason, self.clock())
                 case p.SendOrder():
                     exchange = self.names.exchange
-                    await self.bus.publish(_order_new(order), exchange=exchange, transaction_id=effect.txn_id)
+                    await self.bus.publish(order_new(order), exchange=exchange, transaction_id=effect.txn_id)
                     return None
                 case p.BindHold():
                     return await self._bind(effect.txn_id, order)
                 case p.ReleaseHold():
                     txn_id = effect.txn_id
-                    await self.ledger.run(lambda c: release(c, self.fence, txn_id, reason="abort"))
+                    await self._ledger(lambda c, fence: release(c, fence, txn_id, reason="abort"))
                     return p.HoldReleased(self.clock())
                 case p.CancelVenueOrder():
                     await self.cancel(order)
                     return None
                 case p.RecordAudit():
-                    log.warning("audit %s", effect)
+                    entry = AuditEntry(
+                        effect.txn_id, self.clock(), effect.action, effect.actor, effect.reason
+                    )
+                    await self.store.record_audit(entry)
                     return None
         except Exception:
             # Left to the phase timeout, which re-drives (or aborts) from the stored phase.
@@ -187,13 +369,23 @@ class CoordinatorDriver:
             log.exception("effect %s failed", effect)
         return None
 
+    async def _ledger(self, operation: Callable[[AsyncConnection, FenceToken], Awaitable[T]]) -> T:
+        """Run a ledger write; after a failover of the fence's pair, retry once at the new epoch."""
+        try:
+            return await self.ledger.run(lambda c: operation(c, self.fence))
+        except FencedError:
+            if self.fence_source is None:
+                raise
+            self.fence = await self.fence_source()
+            return await self.ledger.run(lambda c: operation(c, self.fence))
+
     async def _reserve(self, txn_id: str, order: OrderRequest) -> p.Event:
         need = reservation(order, self.instruments[order.symbol], self.fee_bps)
         try:
-            await self.ledger.run(
-                lambda c: reserve(
+            await self._ledger(
+                lambda c, fence: reserve(
                     c,
-                    self.fence,
+                    fence,
                     hold_id=txn_id,
                     account_id=order.account,
                     asset=need.asset,
@@ -206,9 +398,29 @@ class CoordinatorDriver:
             return p.VoteCast(p.LEDGER, p.VoteValue.NO, f"{type(exc).__name__}: {exc}", self.clock())
         return p.VoteCast(p.LEDGER, p.VoteValue.YES, f"held {need.amount} {need.asset}", self.clock())
 
+    async def _risk_vote(self, txn_id: str, order: OrderRequest) -> tuple[bool, str]:
+        instrument = self.instruments[order.symbol]
+        need = reservation(order, instrument, self.fee_bps)
+        cost = need.amount if order.side == Side.BUY else 0
+        context = RiskContext()
+        if self.risk.needs_context:
+            context = await self._risk_context(txn_id, order, instrument)
+        return evaluate(self.risk, order, cost, context)
+
+    async def _risk_context(self, txn_id: str, order: OrderRequest, instrument: Instrument) -> RiskContext:
+        db = self.ledger.db
+        position = (await get_balance(db, order.account, instrument.base_asset)).total
+        held = (await get_balance(db, order.account, instrument.quote_asset)).held
+        own = await get_hold(db, txn_id)
+        if own is not None and own.state is HoldState.RESERVED and own.asset == instrument.quote_asset:
+            held -= own.remaining  # the ledger voted first: its hold for this order is in ``held``
+        since = self.clock() - self.risk.window
+        recent = await self.store.recent_orders(order.account, since, txn_id)
+        return RiskContext(position=position, exposure=max(held, 0), recent_orders=recent)
+
     async def _bind(self, txn_id: str, order: OrderRequest) -> p.Event:
         try:
-            await self.ledger.run(lambda c: bind_hold(c, self.fence, txn_id, order.order_id))
+            await self._ledger(lambda c, fence: bind_hold(c, fence, txn_id, order.order_id))
         except HoldStateError:
             # The order already ended at the venue (cancelled) and settlement released
             # the rest of its hold before this bind ran: nothing is left to bind.
@@ -220,50 +432,46 @@ class CoordinatorDriver:
     # -- venue events ---------------------------------------------------------------------
 
     async def handle_events(self, envelope: Envelope[Any]) -> None:
-        now = self.clock()
-        for event in envelope.payload.events:
-            kind = event[1]
-            if kind == EventKind.ACCEPTED:
-                await self._maybe_drive(txn_id_for(event[3]), p.VenueAccepted(now))
-            elif kind == EventKind.REJECTED and str(event[2]).startswith(NEW_PREFIX) and event[4]:
-                await self._maybe_drive(txn_id_for(event[4]), p.VenueRejected(f"reason {event[5]}", now))
-            elif kind == EventKind.CANCELLED:
-                txn_id = txn_id_for(event[3])
-                txn = self.transactions.get(txn_id)
-                if txn is not None and txn.phase is p.Phase.ABORTING:
-                    self._spawn(txn_id, p.VenueOrderCancelled(now))
-
-    async def _maybe_drive(self, txn_id: str, event: p.Event) -> None:
-        if txn_id in self.transactions:
+        """The demo's handler: each transaction's events run as their own task."""
+        for txn_id, event in venue_events(envelope.payload.events, self.clock()):
             self._spawn(txn_id, event)
+
+    async def handle_events_now(self, envelope: Envelope[Any]) -> None:
+        """The service's handler: the events are stored before the message is acknowledged."""
+        await asyncio.gather(
+            *(
+                self.drive(txn_id, event)
+                for txn_id, event in venue_events(envelope.payload.events, self.clock())
+            )
+        )
 
     def _spawn(self, txn_id: str, event: p.Event) -> None:
         # Transactions advance concurrently (their ledger writes share group commits);
         # one transaction's events still apply in arrival order: asyncio.Lock is FIFO and
         # each task reaches it in creation order.
-        task = asyncio.create_task(self.drive(txn_id, event))
+        task = asyncio.create_task(self._drive_known(txn_id, event))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    # -- timeouts -------------------------------------------------------------------------
+    async def _drive_known(self, txn_id: str, event: p.Event) -> None:
+        await self.drive(txn_id, event)
+
+    # -- timeouts and takeovers -----------------------------------------------------------
 
     async def fire_due_timeouts(self) -> int:
-        now = self.clock()
-        due = [
-            (txn.txn_id, txn.phase)
-            for txn in list(self.transactions.values())
-            if not txn.is_terminal
-            and (deadline := txn.deadline(self.timeouts)) is not None
-            and deadline <= now
-        ]
-        for txn_id, phase in due:
-            await self.drive(txn_id, p.Timeout(phase, now))
+        """Drive every transaction with a due timeout or an expired lease; returns how many."""
+        due = await self.store.needing_attention(self.clock(), limit=200)
+        for txn_id in due:
+            await self.drive(txn_id, None, wait=False)
         return len(due)
 
-    async def _sweep_timeouts(self) -> None:
+    async def _sweep_forever(self) -> None:
         while True:
-            await asyncio.sleep(0.25)
-            await self.fire_due_timeouts()
+            await asyncio.sleep(self.sweep_interval)
+            try:
+                await self.fire_due_timeouts()
+            except Exception:
+                log.exception("timeout sweep failed; retrying")
 
     # -- views ----------------------------------------------------------------------------
 
@@ -277,7 +485,31 @@ class CoordinatorDriver:
         return order_id_of(txn_id)
 
 
-def _order_new(order: OrderRequest) -> OrderNew:
+def venue_events(events: tuple[tuple[Any, ...], ...], now: float) -> list[tuple[str, p.Event]]:
+    """The protocol events in one ``matching.events`` message, with their transactions.
+
+    A rejected cancel of an order the venue does not know means the order is not on the
+    book: for an aborting transaction that is as good as cancelled. A rejected duplicate
+    of an order means the order reached the book earlier (a re-driven ``SendOrder``):
+    its own accept is on the way, so the reject says nothing about the transaction.
+    """
+    found: list[tuple[str, p.Event]] = []
+    for event in events:
+        kind = event[1]
+        if kind == EventKind.ACCEPTED:
+            found.append((txn_id_for(event[3]), p.VenueAccepted(now)))
+        elif kind == EventKind.CANCELLED:
+            found.append((txn_id_for(event[3]), p.VenueOrderCancelled(now)))
+        elif kind == EventKind.REJECTED and event[4]:
+            command, reason = str(event[2]), event[5]
+            if command.startswith(NEW_PREFIX) and reason != RejectReason.DUPLICATE_ORDER_ID:
+                found.append((txn_id_for(event[4]), p.VenueRejected(f"reason {reason}", now)))
+            elif command.startswith(CANCEL_PREFIX) and reason == RejectReason.UNKNOWN_ORDER:
+                found.append((txn_id_for(event[4]), p.VenueOrderCancelled(now)))
+    return found
+
+
+def order_new(order: OrderRequest) -> OrderNew:
     return OrderNew(
         order_id=order.order_id,
         client_order_id=order.order_id,

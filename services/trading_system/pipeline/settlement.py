@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from trading_system.bus import Envelope, MessageBus
+from trading_system.bus.consumer import Subscription
 from trading_system.ledger import (
     BatchResult,
     FenceToken,
@@ -107,11 +108,11 @@ class SettlementConsumer:
         self.fee_bps = fee_bps
         self.stats = SettlementStats()
 
-    async def start(self) -> None:
+    async def start(self) -> Subscription:
         # Several messages in flight so their ledger work shares group commits. Order is
         # kept where it matters: each handler queues all its ledger work before its first
         # await, handlers start in delivery order, and the gate runs work in queue order.
-        await self.bus.subscribe(self.names.settlement, self.handle, concurrency=16, prefetch=64)
+        return await self.bus.subscribe(self.names.settlement, self.handle, concurrency=16, prefetch=64)
 
     async def handle(self, envelope: Envelope[Any]) -> None:
         message = envelope.payload

@@ -52,12 +52,14 @@ from trading_system.execution.service.metrics import ROLE_VALUES, ExecutionMetri
 from trading_system.execution.service.openapi import Route, build_openapi
 from trading_system.execution.service.store import DuplicateClientOrderId, OrderStore
 from trading_system.execution.slippage import report
-from trading_system.ledger import get_balances
+from trading_system.ledger import Instrument, get_balances
 from trading_system.ledger.schema import accounts, settled_trades
 from trading_system.matching.core import SymbolSpec
+from trading_system.pipeline.ledger_gate import LedgerGate
 from trading_system.pipeline.messages import CANCEL_KEY, PLACE_KEY, MatchingEvents, Names, topology
 from trading_system.pipeline.messages import registry as bus_registry
 from trading_system.pipeline.orders import txn_id_for
+from trading_system.pipeline.settlement import SettlementConsumer
 from trading_system.storage import create_engine
 from trading_system.storage.fencing import FencedError, FenceToken, raise_epoch, read_fence
 
@@ -90,10 +92,23 @@ class ExecutionConfig:
     parent_interval: float = 0.1
     epoch_check_interval: float = 1.0
     refresh_interval: float = 1.0
+    # Settlement runs in the active member, fenced by this pair's epoch like every other
+    # ledger write of the execution side (DESIGN.md section 4). Its fee must be the one the
+    # coordinators reserve with.
+    settle: bool = True
+    fee_bps: int = 10
+    instruments: tuple[Instrument, ...] = ()
 
     @property
     def names(self) -> Names:
         return Names.namespaced(self.namespace)
+
+    def instrument_map(self) -> dict[str, Instrument]:
+        """Given instruments, else ``BASE-QUOTE`` symbol names read as base and quote assets."""
+        if self.instruments:
+            return {i.symbol: i for i in self.instruments}
+        pairs = {s.symbol: s.symbol.split("-", 1) for s in self.specs if "-" in s.symbol}
+        return {symbol: Instrument(symbol, base, quote) for symbol, (base, quote) in pairs.items()}
 
 
 def tokens_from_env(prefix: str = "TRADING_SYSTEM") -> TokenSet:
@@ -262,6 +277,7 @@ class ExecutionService:
         self._write_lock = asyncio.Lock()
         self.inserts = GroupCommit(lambda records: self.store.insert_orders(self.fence, records))
         self._subscriptions: list[Subscription] = []
+        self.ledger_gate = LedgerGate(self.db)
         self._unpublished: set[str] = set()
         self._dirty: set[str] = set()
         self._parents_reported: set[str] = set()
@@ -294,12 +310,13 @@ class ExecutionService:
         """Migrate, connect, load; ``serve_http=False`` leaves the app to a test server."""
         await self.store.migrate()
         await self.bus.start()
-        wanted = {self.names.execution, self.names.outcomes, self.names.requests}
+        wanted = {self.names.execution, self.names.outcomes, self.names.requests, self.names.settlement}
         full = topology(self.names)
         await self.bus.declare(
             type(full)(exchanges=full.exchanges, queues=tuple(q for q in full.queues if q.name in wanted))
         )
         await self._reload()
+        self.ledger_gate.start()
         if serve_http:
             self.http_port = await self.http.start(self.config.http_host, self.config.http_port)
         self._tasks.append(asyncio.create_task(self._watch(), name="execution-watch"))
@@ -315,6 +332,7 @@ class ExecutionService:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._stop_consuming()
+        await self.ledger_gate.stop()
         await self.http.stop()
         await self.inserts.close()
         await self.bus.close()
@@ -419,6 +437,16 @@ class ExecutionService:
             await self.bus.subscribe(self.names.execution, self._on_events, prefetch=100),
             await self.bus.subscribe(self.names.outcomes, self._on_outcome, prefetch=100),
         ]
+        if self.config.settle:
+            settlement = SettlementConsumer(
+                self.bus,
+                self.ledger_gate,
+                self.fence,
+                self.config.instrument_map(),
+                self.config.fee_bps,
+                self.names,
+            )
+            self._subscriptions.append(await settlement.start())
 
     async def _stop_consuming(self) -> None:
         subs, self._subscriptions = self._subscriptions, []

@@ -48,6 +48,12 @@ def add_execution_parser(subparsers: Any, env: ServiceEnvironment | None = None)
     )
     serve.add_argument("--rate", type=float, default=100.0, help="orders per second per account")
     serve.add_argument("--burst", type=int, default=200, help="burst per account")
+    serve.add_argument(
+        "--fee-bps", type=int, default=10, help="trading fee settled per trade (the coordinators' --fee-bps)"
+    )
+    serve.add_argument(
+        "--no-settlement", action="store_true", help="leave settlement to another process (tests)"
+    )
     serve.set_defaults(func=run_execution, service_env=env)
     return p
 
@@ -73,6 +79,8 @@ def config_from_args(args: argparse.Namespace) -> ExecutionConfig:
         specs=specs,
         rate=args.rate,
         burst=args.burst,
+        fee_bps=args.fee_bps,
+        settle=not args.no_settlement,
     )
 
 

@@ -1,0 +1,1 @@
+"""The deployed coordinator: replicas over PostgreSQL and RabbitMQ, and the operators' CLI."""
