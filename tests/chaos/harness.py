@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import uuid
 from collections import Counter
@@ -109,9 +110,9 @@ async def run_scenario(
     warmup: float = 6.0,
     after: float = 14.0,
 ) -> tuple[ScenarioResult, LoadReport]:
-    load = LoadGenerator(
-        put.pipeline.execution_url, put.pipeline.tokens["api"], ACCOUNTS, rate=rate, prefix=name
-    )
+    prefix = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    api_token = put.pipeline.tokens["api"]
+    load = LoadGenerator(put.pipeline.execution_url, api_token, ACCOUNTS, rate=rate, prefix=prefix)
     stop_load = asyncio.Event()
     driver = asyncio.create_task(load.run(stop_load))
     await asyncio.sleep(warmup)  # steady load before the fault (a duration, not a condition)
@@ -129,13 +130,20 @@ async def check_invariants(
     put: PipelineUnderTest, name: str, report: LoadReport, fault_at: float
 ) -> ScenarioResult:
     result = ScenarioResult(name, acknowledged=len(report.acknowledged))
+    refused = [a for a in report.acks if not a.acknowledged]
+    result.notes += sorted({str(a.error)[:120] for a in refused})[:5]
     result.p50_ms, result.p99_ms = report.latency_ms(0.5), report.latency_ms(0.99)
     result.baseline_rate, result.dip_rate = _rates(report, fault_at)
     db = create_engine(put.db_url)
     try:
         acked = {a.order_id for a in report.acknowledged}
         # 1. Every acknowledged order exists and leaves "pending" (its transaction ended).
-        await eventually(lambda: _all_decided(db, acked), within=90, interval=0.5, what="every order decided")
+        try:
+            await eventually(
+                lambda: _all_decided(db, acked), within=90, interval=0.5, what="every order decided"
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {await _undecided(db, acked)}") from None
         statuses = await _order_statuses(db)
         result.lost = len(acked - set(statuses))
         result.stuck_pending = sum(1 for o in acked if statuses.get(o) == "pending")
@@ -187,6 +195,25 @@ async def _order_statuses(db: Any) -> dict[str, str]:
 async def _all_decided(db: Any, acked: set[str | None]) -> bool:
     statuses = await _order_statuses(db)
     return all(statuses.get(o or "") in FINAL for o in acked)
+
+
+async def _undecided(db: Any, acked: set[str | None]) -> list[tuple[Any, ...]]:
+    """Execution status and coordinator row of the first orders still undecided."""
+    statuses = await _order_statuses(db)
+    stuck = sorted(o or "" for o in acked if statuses.get(o or "") not in FINAL)[:10]
+    now = time.time()
+    async with db.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT order_id, phase, lease_owner, lease_expires_at, deadline "
+                "FROM coordinator_transactions"
+            )
+        )
+        txns = {
+            r.order_id: (r.phase, r.lease_owner, r.lease_expires_at - now, (r.deadline or now) - now)
+            for r in rows
+        }
+    return [(o, statuses.get(o), txns.get(o)) for o in stuck]
 
 
 async def _journal_trades(db: Any) -> set[str]:

@@ -8,15 +8,25 @@ every trade settled, the ledger reconciles. ``docs/chaos.md`` has the numbers.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import signal
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from sqlalchemy import text
 
 from tests.chaos.harness import PipelineUnderTest, ScenarioResult, run_scenario, write_result
+from tests.environment.postgres import PostgresServer
 from tests.environment.rabbitmq import RabbitMQCluster
+from tests.unit.bus.support import eventually
+from trading_system.ha import Phase
+from trading_system.storage import create_engine
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 
@@ -59,3 +69,131 @@ async def test_kill_the_active_matching_engine(put: PipelineUnderTest) -> None:
     assert_invariants(result)
     state = put.pipeline.pair("matching").state
     assert state.active != old and state.epoch == 2 and result.failover_seconds is not None
+
+
+async def test_pause_the_active_matching_engine_then_resume_it(put: PipelineUnderTest) -> None:
+    """SIGSTOP past the failure threshold, as on a partitioned node whose pod cannot be
+    deleted: the supervisor promotes the standby; the resumed old member changes nothing."""
+    pair = put.pipeline.pair("matching")
+    old = str(pair.state.active)
+    frozen = pair.members[old]
+    promoted_at: dict[str, int] = {}
+
+    async def fault(p: PipelineUnderTest) -> None:
+        del pair.members[old]  # out of the supervisor's reach: it can neither probe nor kill it
+        frozen.signal(signal.SIGSTOP)
+        await eventually(lambda: pair.state.active not in (None, old) and pair.state.phase is Phase.IDLE, 30)
+        promoted_at["seq"] = await journal_head(p.db_url)
+        frozen.signal(signal.SIGCONT)
+        await eventually(lambda: member_role(frozen.host) == "fenced", 30, what="the old member fenced")
+
+    try:
+        result, _ = await run_scenario(put, "sigstop matching active", fault)
+    finally:
+        frozen.kill()
+    assert_invariants(result)
+    epochs = await journal_epochs(put.db_url)
+    first_new = min(seq for seq, epoch in epochs if epoch == 2)
+    assert all(epoch == 1 for seq, epoch in epochs if seq < first_new)
+    assert all(epoch == 2 for seq, epoch in epochs if seq >= first_new)  # nothing from the old one
+    assert first_new > promoted_at["seq"] - 1
+
+
+async def test_kill_the_active_execution_service(put: PipelineUnderTest) -> None:
+    old = put.pipeline.pair("execution").state.active
+
+    async def fault(p: PipelineUnderTest) -> None:
+        p.pipeline.pair("execution").members[str(old)].signal(signal.SIGKILL)
+
+    result, report = await run_scenario(put, "kill-9 execution active", fault)
+    assert_invariants(result)
+    assert put.pipeline.pair("execution").state.active != old
+    assert any(a.attempts > 1 for a in report.acks)  # some clients really had to retry
+
+
+async def test_kill_coordinator_replicas_repeatedly(put: PipelineUnderTest) -> None:
+    """Three kills 2 s apart under load, so transactions in every phase lose their owner."""
+
+    async def fault(p: PipelineUnderTest) -> None:
+        for _ in range(3):
+            victim = sorted(p.pipeline.coordinators.members)[0]
+            p.pipeline.coordinators.members[victim].signal(signal.SIGKILL)
+            await asyncio.sleep(2.0)  # spacing between kills, not a wait for a condition
+
+    result, _ = await run_scenario(put, "kill-9 coordinator x3", fault, after=18.0)
+    assert_invariants(result)
+    assert put.pipeline.coordinators.replaced >= 3
+
+
+async def test_kill_the_rabbitmq_node_leading_the_command_queue(
+    put: PipelineUnderTest, rabbitmq: RabbitMQCluster
+) -> None:
+    queue = f"{put.config.namespace}.matching.commands"
+    killed: list[int] = []
+
+    async def fault(p: PipelineUnderTest) -> None:
+        leader = await asyncio.to_thread(rabbitmq.leader_index, queue)
+        await asyncio.to_thread(rabbitmq.kill, leader)
+        killed.append(leader)
+
+    try:
+        result, _ = await run_scenario(put, "kill-9 rabbitmq command-queue leader", fault, after=20.0)
+    finally:
+        for node in killed:
+            await asyncio.to_thread(rabbitmq.restart, node)
+    assert_invariants(result)
+
+
+async def test_restart_postgresql(put: PipelineUnderTest, postgres: PostgresServer) -> None:
+    async def fault(p: PipelineUnderTest) -> None:
+        await asyncio.to_thread(postgres.restart)
+
+    result, _ = await run_scenario(put, "restart postgresql", fault, after=20.0)
+    assert_invariants(result)
+
+
+async def test_kill_the_supervisor_in_the_middle_of_a_failover(put: PipelineUnderTest) -> None:
+    """The supervisor dies with a failover under way; a new one on the same directory
+    adopts the running members and finishes it at the epoch already raised."""
+    old = str(put.pipeline.pair("matching").state.active)
+
+    async def fault(p: PipelineUnderTest) -> None:
+        pair = p.pipeline.pair("matching")
+        pair.members[old].signal(signal.SIGKILL)
+        await eventually(
+            lambda: pair.state.phase is not Phase.IDLE, 30, interval=0.005, what="failover started"
+        )
+        assert p.task is not None
+        p.task.cancel()  # the supervisor dies here: no clean-up, members keep running
+        with contextlib.suppress(asyncio.CancelledError):
+            await p.task
+        p.restart_supervision()
+
+    result, _ = await run_scenario(put, "kill supervisor mid-failover", fault)
+    assert_invariants(result)
+    state = put.pipeline.pair("matching").state
+    assert state.active not in (None, old) and state.epoch == 2 and state.phase is Phase.IDLE
+
+
+async def journal_head(db_url: str) -> int:
+    return max((seq for seq, _ in await journal_epochs(db_url)), default=0)
+
+
+async def journal_epochs(db_url: str) -> list[tuple[int, int]]:
+    db = create_engine(db_url)
+    try:
+        async with db.connect() as conn:
+            rows = await conn.execute(text("SELECT seq, epoch FROM matching_journal ORDER BY seq"))
+            return [(int(r.seq), int(r.epoch)) for r in rows]
+    finally:
+        await db.dispose()
+
+
+def member_role(host: str) -> str | None:
+    try:
+        with urllib.request.urlopen(f"http://{host}:8080/readyz", timeout=1) as resp:
+            return str(json.load(resp).get("role"))
+    except urllib.error.HTTPError as exc:  # 503 when fenced: the body still says why
+        return str(json.load(exc).get("role"))
+    except OSError:
+        return None

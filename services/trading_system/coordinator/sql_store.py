@@ -13,7 +13,7 @@ whose lease was taken over writes nothing and stops (``LeaseLostError``).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -293,10 +293,14 @@ class SqlStore:
                 .values(lease_owner=None, lease_expires_at=0.0)
             )
 
-    async def renew(self, owner: str, now: float, ttl: float) -> int:
+    async def renew(self, owner: str, txn_ids: Collection[str], now: float, ttl: float) -> int:
+        if not txn_ids:
+            return 0
         async with transaction(self.db) as conn:
             result = await conn.execute(
-                update(txns).where(txns.c.lease_owner == owner).values(lease_expires_at=now + ttl)
+                update(txns)
+                .where(txns.c.lease_owner == owner, txns.c.txn_id.in_(list(txn_ids)))
+                .values(lease_expires_at=now + ttl)
             )
         return int(result.rowcount)
 

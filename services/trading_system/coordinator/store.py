@@ -16,6 +16,7 @@ replica that claims it then takes over and re-drives from the persisted phase.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -102,7 +103,8 @@ class TransactionStore(Protocol):
 
     async def release(self, txn_id: str, owner: str) -> None: ...
 
-    async def renew(self, owner: str, now: float, ttl: float) -> int: ...
+    async def renew(self, owner: str, txn_ids: Collection[str], now: float, ttl: float) -> int:
+        """Extend ``owner``'s leases of ``txn_ids`` (the work it has in progress)."""
 
     async def needing_attention(self, now: float, limit: int) -> list[str]:
         """Open transactions whose timeout is due (lease free) or whose lease expired."""
@@ -207,8 +209,8 @@ class MemoryStore:
         if row is not None and row.lease_owner == owner:
             row.lease_owner, row.lease_expires_at = None, 0.0
 
-    async def renew(self, owner: str, now: float, ttl: float) -> int:
-        mine = [row for row in self.rows.values() if row.lease_owner == owner]
+    async def renew(self, owner: str, txn_ids: Collection[str], now: float, ttl: float) -> int:
+        mine = [row for txn_id, row in self.rows.items() if row.lease_owner == owner and txn_id in txn_ids]
         for row in mine:
             row.lease_expires_at = now + ttl
         return len(mine)

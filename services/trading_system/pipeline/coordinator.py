@@ -171,6 +171,7 @@ class CoordinatorDriver:
         self.transactions: dict[str, p.Transaction] = {}
         self.stats = CoordinatorStats()
         self._locks: dict[str, asyncio.Lock] = {}
+        self.in_flight: set[str] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -233,7 +234,13 @@ class CoordinatorDriver:
                 return None
             if event is None:
                 event = self._sweep_event(claim)
-            return await self._run(claim, event)
+            # Only leases of work in progress are renewed: a step that died (its database
+            # call failed) lets its lease expire, and a sweep takes the transaction over.
+            self.in_flight.add(txn_id)
+            try:
+                return await self._run(claim, event)
+            finally:
+                self.in_flight.discard(txn_id)
 
     def _sweep_event(self, claim: Claim) -> p.Event | None:
         """What a sweep applies: the due timeout, or ``Begin`` for a creation whose replica died."""

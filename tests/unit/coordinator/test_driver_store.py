@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -150,3 +151,24 @@ async def test_a_creation_whose_replica_died_is_begun_by_the_taker(world: World)
     record = await world.store.get("txn-o-5")
     assert record is not None and record.transaction.phase is p.Phase.PRE_COMMIT
     assert [h.event for h in record.transaction.history][:2] == ["LeaseAcquired", "Begin"]
+
+
+async def test_a_step_that_fails_on_the_database_leaves_nothing_in_flight(world: World) -> None:
+    """Its lease is then no longer renewed, so it expires and any replica's sweep takes over
+    (before, the replica renewed it forever and the transaction stayed stuck)."""
+    driver = world.driver("flaky")
+    original = world.store.save
+    calls = 0
+
+    async def failing_save(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # the save after Begin: the database restarts right then
+            raise ConnectionResetError("the database went away")
+        return await original(*args, **kwargs)
+
+    world.store.save = failing_save  # type: ignore[method-assign]
+    with pytest.raises(ConnectionResetError):
+        await driver.place(order("o-9"))
+    assert driver.in_flight == set()
+    assert await world.store.renew("flaky", driver.in_flight, time.time(), 1.0) == 0

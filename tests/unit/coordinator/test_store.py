@@ -169,3 +169,14 @@ async def test_sql_store_keeps_history_votes_and_audit(tmp_path: Path) -> None:
         assert (await store.phase_counts()) == {"pre_commit": 1}
     finally:
         await db.dispose()
+
+
+async def test_only_leases_of_work_in_progress_are_renewed(store: TransactionStore) -> None:
+    """A step that died holding its lease (its database call failed) must not keep the
+    lease alive through the replica's renewals: it expires and a sweep takes over."""
+    txn, _ = await begun(store)
+    assert await store.renew("a", set(), T0 + 1, TTL) == 0
+    assert await store.needing_attention(T0 + 0.1 + TTL + 1, 10) == [txn.txn_id]
+    assert await store.renew("a", {txn.txn_id}, T0 + 1, TTL) == 1
+    assert await store.needing_attention(T0 + 1 + TTL - 0.5, 10) == []
+    assert await store.renew("b", {txn.txn_id}, T0 + 2, TTL) == 0  # not b's lease

@@ -350,3 +350,23 @@ async def test_unconfirmed_publish_is_503_then_republished(
     assert await service.republish() == 1
     await eventually(lambda: [p.order_id for p in harness.placements()] == [answer["order_id"]])
     assert await service.republish() == 0
+
+
+async def test_a_submit_the_database_refuses_is_503_and_frees_the_client_id(harness: Harness) -> None:
+    """During a database restart the order is not stored: a retry with the same client id
+    must be taken as new, not answered 409 with the id of an order that does not exist."""
+    store = harness.service.store
+    original = store.insert_orders
+    failures = [ConnectionResetError("the database is restarting")]
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return await original(*args, **kwargs)
+
+    store.insert_orders = flaky  # type: ignore[method-assign]
+    status, answer = await submit(harness, order_body("retry-me"))
+    assert status == 503 and "retry" in answer["error"]
+    assert await all_orders(harness) == [] and harness.placements() == []
+    status, answer = await submit(harness, order_body("retry-me"))
+    assert status == 201 and await store.count() == 1

@@ -201,7 +201,8 @@ class CoordinatorService:
         return await current_token(self.db, self.config.fence_pair)
 
     async def _renew(self) -> None:
-        await self.store.renew(self.config.replica, self.clock(), self.config.lease.ttl)
+        in_flight = set(self.driver.in_flight)
+        await self.store.renew(self.config.replica, in_flight, self.clock(), self.config.lease.ttl)
 
     def _taken_over(self, txn: Transaction, previous: str | None) -> None:
         self.metrics.recoveries.inc()

@@ -692,6 +692,12 @@ class ExecutionService:
         except FencedError as exc:
             self.book.remove(record.order_id)
             return json_error(503, str(exc), role=self.role)
+        except Exception as exc:
+            # Not stored (the database failed or is restarting): free the client id, or a
+            # retry would be answered 409 with the id of an order that does not exist.
+            self.book.remove(record.order_id)
+            log.warning("execution: storing order %s failed: %r", record.order_id, exc)
+            return json_error(503, f"the order could not be stored, retry: {type(exc).__name__}")
         self._unpublished.add(record.order_id)
         try:
             await self._publish_new(record)
