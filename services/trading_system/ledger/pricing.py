@@ -36,6 +36,14 @@ class Instrument:
     price_divisor: int = 1
 
 
+def instrument_of_symbol(symbol: str) -> Instrument | None:
+    """``BASE-QUOTE`` read as its base and quote assets (price divisor 1), else None."""
+    base, sep, quote = symbol.partition("-")
+    if not sep or not base or not quote or "-" in quote:
+        return None
+    return Instrument(symbol, base, quote)
+
+
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,7 @@ import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
+from tests.unit.bus.support import eventually as eventually  # shared bounded wait, re-exported
 from trading_system.bus.config import BusMode, BusSettings
 from trading_system.bus.envelope import Envelope
 from trading_system.bus.facade import MessageBus
@@ -115,16 +116,6 @@ async def harness(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Harness]:
     yield h
     await h.client.close()
     await service.stop()
-
-
-async def eventually(check: Callable[[], bool], within: float = 5.0) -> None:
-    import asyncio
-
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not check():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
 
 
 def order_body(client_id: str = "c1", **overrides: Any) -> dict[str, Any]:

@@ -41,10 +41,11 @@ def trade(seq: int, price: int, qty: int, taker: str, maker: str, taker_leaves: 
     return (seq, EventKind.TRADE, "BTC-USD", price, qty, 1, taker, "alice", taker_leaves, maker, "mm", 0)
 
 
-async def stored_status(h: Harness, order_id: str) -> tuple[str, int]:
+async def stored_is(h: Harness, order_id: str, wanted: tuple[str, int]) -> bool:
+    """The order's (status, filled) in the table; written a moment after the book changes."""
     records, _ = await h.service.store.load()
     record = next(r for r in records if r.order_id == order_id)
-    return record.status.value, record.state.filled_qty
+    return (record.status.value, record.state.filled_qty) == wanted
 
 
 async def test_partial_fill_then_fill_with_slippage(harness: Harness) -> None:
@@ -62,7 +63,7 @@ async def test_partial_fill_then_fill_with_slippage(harness: Harness) -> None:
     await eventually(lambda: h.service.book.orders[oid].state.filled_qty == 4)
     body = await order(h, oid)
     assert (body["status"], body["filled_qty"], body["remaining_qty"]) == ("partially_filled", 4, 6)
-    assert await stored_status(h, oid) == ("partially_filled", 4)
+    await eventually(lambda: stored_is(h, oid, ("partially_filled", 4)), what="the stored state")
 
     await feed(h, trade(4, 115, 6, "m2", oid))  # now our order is the maker
     await eventually(lambda: h.service.book.orders[oid].state.filled_qty == 10)
@@ -75,7 +76,7 @@ async def test_partial_fill_then_fill_with_slippage(harness: Harness) -> None:
     assert body["slippage"]["vs_arrival_bps"] == pytest.approx((113 - 105) / 105 * 1e4)
     assert body["slippage"]["vs_limit_bps"] == pytest.approx((113 - 120) / 120 * 1e4)
     await eventually(lambda: h.metric("ts_execution_fills_total") == 2)
-    assert await stored_status(h, oid) == ("filled", 10)
+    await eventually(lambda: stored_is(h, oid, ("filled", 10)), what="the stored state")
     assert h.metric("ts_execution_fill_slippage_bps_count", {"reference": "arrival"}) == 2
     assert h.metric("ts_execution_fill_slippage_bps_sum", {"reference": "arrival"}) == pytest.approx(
         (110 - 105) / 105 * 1e4 + (115 - 105) / 105 * 1e4
@@ -110,7 +111,7 @@ async def test_aborted_transaction_shows_rejected_with_reason(harness: Harness) 
     await eventually(lambda: h.service.book.orders[oid].status.value == "rejected")
     body = await order(h, oid)
     assert body["reason"] == "ledger: insufficient funds"
-    assert await stored_status(h, oid) == ("rejected", 0)
+    await eventually(lambda: stored_is(h, oid, ("rejected", 0)), what="the stored state")
 
 
 async def test_venue_reject_cancel_and_expiry(harness: Harness) -> None:
@@ -133,7 +134,8 @@ async def test_venue_reject_cancel_and_expiry(harness: Harness) -> None:
     assert (await order(h, a))["reason"] == "venue rejected: price_out_of_band"
     assert (await order(h, b))["status"] == "cancelled" and (await order(h, b))["reason"] == "user"
     assert "someone-else" not in h.service.book.orders
-    assert [await stored_status(h, i) for i in ids] == [("rejected", 0), ("cancelled", 0), ("expired", 0)]
+    for i, wanted in zip(ids, [("rejected", 0), ("cancelled", 0), ("expired", 0)], strict=True):
+        await eventually(lambda i=i, wanted=wanted: stored_is(h, i, wanted), what=f"{i} stored as {wanted}")
     # A late abort for an order the venue already ended does not change it.
     assert h.service.book.outcome(b, committed=False, reason="late") is False
     resp = await h.client.get("/orders", params={"status": "cancelled"}, headers=AUTH)

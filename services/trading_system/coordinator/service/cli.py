@@ -16,17 +16,19 @@ import argparse
 import asyncio
 import logging
 import os
-import socket
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from trading_system.bus.config import parse_urls
+from trading_system.common.logging import configure_service_logging
+from trading_system.common.service_env import ConfigError, ServiceEnvironment, add_connection_flags
 from trading_system.coordinator.protocol import Phase, PhaseTimeouts
 from trading_system.coordinator.risk import RiskPolicy
 from trading_system.coordinator.service.app import CRASH_ENV, CoordinatorConfig, CoordinatorService
 from trading_system.coordinator.service.operations import Operations, OperatorError
 from trading_system.ledger import Instrument
+from trading_system.ledger.pricing import instrument_of_symbol
 from trading_system.pipeline.coordinator import LeaseSettings
 from trading_system.pipeline.orders import RiskLimits
 
@@ -44,6 +46,16 @@ def parse_instrument(text: str) -> Instrument:
     return Instrument(parts[0], parts[1], parts[2], price_divisor=divisor)
 
 
+def config_instruments() -> list[Instrument]:
+    """The pipeline config's ``BASE-QUOTE`` symbols (``$TRADING_SYSTEM_CONFIG``), if any."""
+    try:
+        config = ServiceEnvironment.read().pipeline_config()
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from exc
+    found = (instrument_of_symbol(str(entry.get("name", ""))) for entry in config.get("symbols") or ())
+    return [instrument for instrument in found if instrument is not None]
+
+
 def _connection_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db-url", default=os.environ.get(DATABASE_ENV), help=f"default ${DATABASE_ENV}")
     p.add_argument(
@@ -51,6 +63,10 @@ def _connection_flags(p: argparse.ArgumentParser) -> None:
         default=os.environ.get(RABBITMQ_ENV, ""),
         help=f"amqp://... (comma-separated); ${RABBITMQ_ENV}",
     )
+    _pipeline_flags(p)
+
+
+def _pipeline_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--namespace", default="", help="prefix of exchange and queue names")
     p.add_argument(
         "--fence-pair", default="execution", help="fence row the ledger writes are checked against"
@@ -72,11 +88,12 @@ def _add_serve(sub: Any) -> None:
     serve: argparse.ArgumentParser = sub.add_parser(
         "serve", help="run a coordinator replica (all are active)"
     )
-    _connection_flags(serve)
-    serve.add_argument("--bus-mode", default=None, help="rabbitmq | in_memory | auto (default: environment)")
-    serve.add_argument("--host", default="0.0.0.0")
-    serve.add_argument("--port", type=int, default=8080)
-    serve.add_argument("--replica", default=f"{socket.gethostname()}-{os.getpid()}", help="lease owner name")
+    env = ServiceEnvironment.read()
+    add_connection_flags(serve, env)
+    _pipeline_flags(serve)
+    serve.add_argument(
+        "--replica", default=env.member_name, help="lease owner name (default: the pod name or host name)"
+    )
     serve.add_argument("--fee-bps", type=int, default=10)
     serve.add_argument(
         "--instrument", action="append", type=parse_instrument, default=[], help="SYMBOL:BASE:QUOTE[:divisor]"
@@ -103,7 +120,9 @@ def _add_serve(sub: Any) -> None:
 def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
     if not args.db_url:
         raise SystemExit(f"coordinator serve needs --db-url or ${DATABASE_ENV}")
-    instruments = args.instrument or [parse_instrument(text) for text in DEFAULT_INSTRUMENTS]
+    instruments = (
+        args.instrument or config_instruments() or [parse_instrument(t) for t in DEFAULT_INSTRUMENTS]
+    )
     crash = os.environ.get(CRASH_ENV)
     return CoordinatorConfig(
         db_url=args.db_url,
@@ -138,8 +157,9 @@ def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    asyncio.run(CoordinatorService(config_from_args(args)).run())
+    config = config_from_args(args)
+    configure_service_logging("coordinator")
+    asyncio.run(CoordinatorService(config).run())
     return 0
 
 

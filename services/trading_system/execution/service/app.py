@@ -53,6 +53,7 @@ from trading_system.execution.service.openapi import Route, build_openapi
 from trading_system.execution.service.store import DuplicateClientOrderId, OrderStore
 from trading_system.execution.slippage import report
 from trading_system.ledger import Instrument, get_balances
+from trading_system.ledger.pricing import instrument_of_symbol
 from trading_system.ledger.schema import accounts, settled_trades
 from trading_system.matching.core import SymbolSpec
 from trading_system.pipeline.ledger_gate import LedgerGate
@@ -107,8 +108,8 @@ class ExecutionConfig:
         """Given instruments, else ``BASE-QUOTE`` symbol names read as base and quote assets."""
         if self.instruments:
             return {i.symbol: i for i in self.instruments}
-        pairs = {s.symbol: s.symbol.split("-", 1) for s in self.specs if "-" in s.symbol}
-        return {symbol: Instrument(symbol, base, quote) for symbol, (base, quote) in pairs.items()}
+        found = (instrument_of_symbol(spec.symbol) for spec in self.specs)
+        return {i.symbol: i for i in found if i is not None}
 
 
 def tokens_from_env(prefix: str = "TRADING_SYSTEM") -> TokenSet:
