@@ -453,13 +453,19 @@ def resume(transaction: Transaction) -> tuple[Effect, ...]:
 
 
 def compensation(transaction: Transaction) -> tuple[Effect, ...]:
-    """What must be undone: exactly the hold and venue order that may exist."""
-    effects: list[Effect] = []
-    if transaction.hold in HOLD_MAY_EXIST:
-        effects.append(ReleaseHold(transaction.txn_id))
+    """What must be undone: the venue order that may exist, else the hold that may exist.
+
+    While the venue may hold the order, its hold is not released here: a fill racing the
+    cancel must still settle against it. Settlement, which reads the venue's events in
+    order, releases what is left once the venue reports the order gone (cancelled,
+    unknown to a cancel, or fully filled); the coordinator releases only holds of orders
+    the venue never took.
+    """
     if transaction.venue in VENUE_ORDER_MAY_EXIST:
-        effects.append(CancelVenueOrder(transaction.txn_id))
-    return tuple(effects)
+        return (CancelVenueOrder(transaction.txn_id),)
+    if transaction.hold in HOLD_MAY_EXIST and transaction.venue is not VenueStatus.CANCELLED:
+        return (ReleaseHold(transaction.txn_id),)
+    return ()
 
 
 def _moved(transaction: Transaction, event: Event, phase: Phase, detail: str = "") -> Transaction:
@@ -477,9 +483,10 @@ def _abort(transaction: Transaction, event: Event, reason: str) -> Step:
 
 
 def _settle(transaction: Transaction, event: Event, detail: str, effects: tuple[Effect, ...] = ()) -> Step:
-    """In ABORTING: move to ABORTED once nothing is left to compensate."""
-    phase = Phase.ABORTING if compensation(transaction) else Phase.ABORTED
-    return Step(_moved(transaction, event, phase, detail), effects)
+    """In ABORTING: move to ABORTED once nothing is left to compensate, else ask for what is."""
+    left = compensation(transaction)
+    phase = Phase.ABORTING if left else Phase.ABORTED
+    return Step(_moved(transaction, event, phase, detail), effects or left)
 
 
 def _begin(transaction: Transaction, event: Begin) -> Step:
@@ -596,7 +603,11 @@ def _hold_released(transaction: Transaction, event: HoldReleased) -> Step:
 def _venue_cancelled(transaction: Transaction, event: VenueOrderCancelled) -> Step:
     match transaction.phase, transaction.venue:
         case Phase.ABORTING, (VenueStatus.SENT | VenueStatus.ACCEPTED):
-            return _settle(replace(transaction, venue=VenueStatus.CANCELLED), event, "venue order cancelled")
+            # The hold is settlement's to release now (see ``compensation``).
+            gone = replace(transaction, venue=VenueStatus.CANCELLED)
+            if gone.hold in HOLD_MAY_EXIST:
+                gone = replace(gone, hold=HoldStatus.RELEASED)
+            return _settle(gone, event, "venue order cancelled; settlement releases the hold")
         case Phase.ABORTING, VenueStatus.CANCELLED:
             return Step(transaction)  # a redelivered acknowledgement
         case _:

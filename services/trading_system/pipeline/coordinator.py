@@ -31,6 +31,7 @@ from trading_system.bus import Envelope, MessageBus
 from trading_system.bus.catalog import OrderCancel, OrderNew
 from trading_system.bus.catalog.common import OrderType as WireOrderType
 from trading_system.bus.catalog.common import Side as WireSide
+from trading_system.bus.envelope import new_message_id
 from trading_system.coordinator import protocol as p
 from trading_system.coordinator.risk import RiskContext, RiskPolicy, evaluate
 from trading_system.coordinator.store import (
@@ -62,7 +63,7 @@ from trading_system.pipeline.orders import (
     reservation,
     txn_id_for,
 )
-from trading_system.pipeline.venue import CANCEL_PREFIX, NEW_PREFIX
+from trading_system.pipeline.venue import ABORT_CANCEL_PREFIX, CANCEL_PREFIX, NEW_PREFIX
 from trading_system.storage import FencedError, transaction
 
 log = logging.getLogger(__name__)
@@ -210,11 +211,20 @@ class CoordinatorDriver:
                 return None
             return await self._run(Claim(txn, order, taken_over=False, previous_owner=None), p.Begin(now))
 
-    async def cancel(self, order: OrderRequest) -> None:
-        """A client cancel goes straight to the venue; the venue's event closes the order."""
+    async def cancel(self, order: OrderRequest, *, compensation: bool = False) -> None:
+        """A client cancel goes straight to the venue; the venue's event closes the order.
+
+        An abort's cancel carries a message id starting with ``ABORT_CANCEL_PREFIX`` (it
+        becomes the venue's command id): when the venue no longer knows the order,
+        settlement reads that as "the order is gone" and releases the rest of its hold,
+        in venue order, after any fill that came first.
+        """
+        reason = "abort" if compensation else "user"
+        message_id = f"{ABORT_CANCEL_PREFIX}{new_message_id()}" if compensation else new_message_id()
         await self.bus.publish(
-            OrderCancel(order_id=order.order_id, account=order.account, symbol=order.symbol, reason="user"),
+            OrderCancel(order_id=order.order_id, account=order.account, symbol=order.symbol, reason=reason),
             exchange=self.names.exchange,
+            message_id=message_id,
         )
 
     # -- the step loop --------------------------------------------------------------------
@@ -362,7 +372,7 @@ class CoordinatorDriver:
                     await self._ledger(lambda c, fence: release(c, fence, txn_id, reason="abort"))
                     return p.HoldReleased(self.clock())
                 case p.CancelVenueOrder():
-                    await self.cancel(order)
+                    await self.cancel(order, compensation=True)
                     return None
                 case p.RecordAudit():
                     entry = AuditEntry(

@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from trading_system.bus import Envelope, MessageBus
+from trading_system.bus import Envelope, MessageBus, TransientError
 from trading_system.bus.consumer import Subscription
 from trading_system.ledger import (
     BatchResult,
@@ -28,11 +28,11 @@ from trading_system.ledger import (
     settle_trades,
     trade_settlement,
 )
-from trading_system.matching.core import EventKind, Side
+from trading_system.matching.core import EventKind, RejectReason, Side
 from trading_system.pipeline.ledger_gate import LedgerGate
 from trading_system.pipeline.messages import DEFAULT_NAMES, Names
 from trading_system.pipeline.orders import txn_id_for
-from trading_system.pipeline.venue import trade_id
+from trading_system.pipeline.venue import ABORT_CANCEL_PREFIX, CANCEL_PREFIX, trade_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,15 +68,36 @@ def plan_events(
                     seller_fee_bps=fee_bps,
                 )
             )
-        elif kind in (EventKind.CANCELLED, EventKind.EXPIRED):
+        elif kind in (EventKind.CANCELLED, EventKind.EXPIRED) or _aborted_order_gone(event):
             if batch:
                 work.append(batch)
                 batch = []
-            reason = "cancel" if kind == EventKind.CANCELLED else "expired"
-            work.append(Release(txn_id_for(event[3]), reason))
+            if kind == EventKind.REJECTED:
+                work.append(Release(txn_id_for(event[4]), "abort"))
+            else:
+                work.append(
+                    Release(txn_id_for(event[3]), "cancel" if kind == EventKind.CANCELLED else "expired")
+                )
     if batch:
         work.append(batch)
     return work
+
+
+def _release_for(event: Sequence[Any]) -> Release:
+    kind = event[1]
+    if kind == EventKind.REJECTED:
+        return Release(txn_id_for(event[4]), "abort")
+    return Release(txn_id_for(event[3]), "cancel" if kind == EventKind.CANCELLED else "expired")
+
+
+def _aborted_order_gone(event: Sequence[Any]) -> bool:
+    """An abort's cancel the venue refused because it no longer knows the order (filled,
+    cancelled, or never taken): the order's hold has nothing left to wait for."""
+    return (
+        event[1] == EventKind.REJECTED
+        and str(event[2]).startswith(CANCEL_PREFIX + ABORT_CANCEL_PREFIX)
+        and event[5] == RejectReason.UNKNOWN_ORDER
+    )
 
 
 @dataclass(slots=True)
@@ -122,12 +143,19 @@ class SettlementConsumer:
                 pending.append(self.ledger.submit(partial(_release, fence=self.fence, work=item)))
             else:
                 pending.append(self.ledger.submit(partial(settle_trades, fence=self.fence, trades=item)))
+        failed: list[str] = []
         for outcome in await asyncio.gather(*pending):
             if isinstance(outcome, BatchResult):
                 self._count(outcome)
+                failed += [f"{trade.trade_id}: {exc}" for trade, exc in outcome.failed]
             else:
                 self.stats.releases += 1
         self.stats.batches += 1
+        if failed:
+            # A trade happened at the venue; it must settle. Not acked: the message comes
+            # back with backoff (what did settle is a duplicate then) and, if it keeps
+            # failing, it is parked for an operator with the reasons, never dropped.
+            raise TransientError(f"{len(failed)} trade(s) could not settle: {'; '.join(failed[:3])}")
 
     def _count(self, result: BatchResult) -> None:
         self.stats.duplicates += len(result.duplicates)

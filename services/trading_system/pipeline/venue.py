@@ -12,10 +12,22 @@ from typing import Any
 from trading_system.bus import Envelope, MessageBus, PermanentError
 from trading_system.matching.core import Cancel, MatchingEngine, NewOrder, SymbolSpec
 from trading_system.matching.service.codec import CommandDecodeError
-from trading_system.matching.service.orders import CANCEL_PREFIX, NEW_PREFIX, command_from_order
+from trading_system.matching.service.orders import (
+    ABORT_CANCEL_PREFIX,
+    CANCEL_PREFIX,
+    NEW_PREFIX,
+    command_from_order,
+)
 from trading_system.pipeline.messages import DEFAULT_NAMES, EVENTS_KEY, MatchingEvents, Names
 
-__all__ = ["CANCEL_PREFIX", "NEW_PREFIX", "VenueAdapter", "to_engine_command", "trade_id"]
+__all__ = [
+    "ABORT_CANCEL_PREFIX",
+    "CANCEL_PREFIX",
+    "NEW_PREFIX",
+    "VenueAdapter",
+    "to_engine_command",
+    "trade_id",
+]
 
 
 def to_engine_command(message: object, message_id: str, ts: int) -> NewOrder | Cancel:

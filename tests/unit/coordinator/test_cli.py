@@ -87,10 +87,11 @@ def test_force_commit_binds_the_hold_and_is_audited(db_url: str) -> None:
     assert state(db_url, "txn-o-1") == (p.Phase.COMMITTED, HoldState.BOUND, ["force_commit"])
 
 
-def test_force_abort_releases_the_hold_and_sends_the_cancel(db_url: str) -> None:
+def test_force_abort_sends_the_cancel_and_keeps_the_hold_for_a_racing_fill(db_url: str) -> None:
     assert txns(db_url, "force-abort", "txn-o-2", "--reason", "venue down", "--operator", "ann") == 0
-    # The cancel went out; the transaction ends when the venue confirms it.
-    assert state(db_url, "txn-o-2") == (p.Phase.ABORTING, HoldState.RELEASED, ["force_abort"])
+    # The cancel went out; the transaction ends when the venue confirms it, and settlement
+    # then releases what is left of the hold (after any fill that raced the cancel).
+    assert state(db_url, "txn-o-2") == (p.Phase.ABORTING, HoldState.RESERVED, ["force_abort"])
 
 
 def test_bad_input_exits_2_and_changes_nothing(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -134,7 +134,8 @@ def test_a_venue_reject_releases_the_hold_and_cancels_nothing() -> None:
     [
         (Phase.INIT, Phase.ABORTED, []),
         (Phase.CAN_COMMIT, Phase.ABORTING, [ReleaseHold(ID)]),
-        (Phase.PRE_COMMIT, Phase.ABORTING, [ReleaseHold(ID), CancelVenueOrder(ID)]),
+        # The venue may have the order: cancel it first; its hold waits for the venue's answer.
+        (Phase.PRE_COMMIT, Phase.ABORTING, [CancelVenueOrder(ID)]),
     ],
 )
 def test_a_timeout_before_the_decision_aborts_and_undoes_what_may_exist(
@@ -148,16 +149,20 @@ def test_a_timeout_before_the_decision_aborts_and_undoes_what_may_exist(
 
 def test_an_aborted_venue_order_that_was_accepted_late_is_cancelled_again() -> None:
     transaction, _ = run(in_phase(Phase.PRE_COMMIT), Timeout(Phase.PRE_COMMIT, LATE))
-    transaction, effects = run(transaction, VenueOrderCancelled(LATE + 1), VenueAccepted(LATE + 2))
+    transaction, effects = run(transaction, VenueAccepted(LATE + 1))  # it reached the book after all
     assert effects == [CancelVenueOrder(ID)]
-    assert transaction.venue is VenueStatus.ACCEPTED
-    transaction, _ = run(transaction, VenueOrderCancelled(LATE + 3), HoldReleased(LATE + 4))
-    assert transaction.phase is Phase.ABORTED
+    assert transaction.venue is VenueStatus.ACCEPTED and transaction.hold is HoldStatus.HELD
+    transaction, effects = run(transaction, VenueOrderCancelled(LATE + 3))
+    # Settlement releases what is left of the hold, after any fill that raced the cancel.
+    assert effects == [] and transaction.phase is Phase.ABORTED
+    assert (transaction.venue, transaction.hold) == (VenueStatus.CANCELLED, HoldStatus.RELEASED)
 
 
 def test_a_venue_reject_during_the_abort_makes_the_cancel_unnecessary() -> None:
     transaction, _ = run(in_phase(Phase.PRE_COMMIT), Timeout(Phase.PRE_COMMIT, LATE))
-    transaction, _ = run(transaction, HoldReleased(LATE + 1), VenueRejected("unknown symbol", LATE + 2))
+    transaction, effects = run(transaction, VenueRejected("unknown symbol", LATE + 1))
+    assert effects == [ReleaseHold(ID)]  # the venue never took it: nothing can fill, release now
+    transaction, _ = run(transaction, HoldReleased(LATE + 2))
     assert transaction.phase is Phase.ABORTED
     assert transaction.venue is VenueStatus.REJECTED
 
@@ -180,10 +185,10 @@ def test_a_timeout_in_do_commit_retries_the_bind_and_never_aborts() -> None:
 def test_a_timeout_in_aborting_redrives_only_what_is_still_pending() -> None:
     transaction, _ = run(in_phase(Phase.PRE_COMMIT), Timeout(Phase.PRE_COMMIT, T0 + 50))
     step = apply(transaction, Timeout(Phase.ABORTING, T0 + 60))
-    assert step.effects == (ReleaseHold(ID), CancelVenueOrder(ID))
-    transaction = apply(step.transaction, HoldReleased(T0 + 61)).transaction
-    step = apply(transaction, Timeout(Phase.ABORTING, T0 + 70))
     assert step.effects == (CancelVenueOrder(ID),)
+    transaction = apply(step.transaction, VenueRejected("never taken", T0 + 61)).transaction
+    step = apply(transaction, Timeout(Phase.ABORTING, T0 + 70))
+    assert step.effects == (ReleaseHold(ID),)
     assert step.transaction.phase is Phase.ABORTING
 
 
@@ -234,7 +239,7 @@ def test_force_commit_in_pre_commit_is_audited_then_binds_the_hold() -> None:
     [
         (Phase.INIT, ()),
         (Phase.CAN_COMMIT, (ReleaseHold(ID),)),
-        (Phase.PRE_COMMIT, (ReleaseHold(ID), CancelVenueOrder(ID))),
+        (Phase.PRE_COMMIT, (CancelVenueOrder(ID),)),
     ],
 )
 def test_force_abort_is_audited_then_compensates(phase: Phase, undo: tuple[object, ...]) -> None:
@@ -302,11 +307,11 @@ def takeover(phase_path: tuple[Event, ...]) -> tuple[Effect, ...]:
         (PATHS[Phase.ABORTING], (ReleaseHold(ID),)),
         (
             (*PATHS[Phase.PRE_COMMIT], Timeout(Phase.PRE_COMMIT, LATE)),
-            (ReleaseHold(ID), CancelVenueOrder(ID)),
+            (CancelVenueOrder(ID),),
         ),
         (
-            (*PATHS[Phase.PRE_COMMIT], Timeout(Phase.PRE_COMMIT, LATE), HoldReleased(LATE)),
-            (CancelVenueOrder(ID),),
+            (*PATHS[Phase.PRE_COMMIT], Timeout(Phase.PRE_COMMIT, LATE), VenueRejected("r", LATE)),
+            (ReleaseHold(ID),),
         ),
     ],
     ids=[
@@ -317,8 +322,8 @@ def takeover(phase_path: tuple[Event, ...]) -> tuple[Effect, ...]:
         "pre_commit",
         "do_commit",
         "aborting-hold",
-        "aborting-hold-and-order",
-        "aborting-order",
+        "aborting-order-first",
+        "aborting-hold-after-venue-reject",
     ],
 )
 def test_a_replica_taking_over_redrives_from_the_persisted_phase(

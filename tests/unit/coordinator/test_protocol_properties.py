@@ -105,8 +105,11 @@ class World:
                 self.hold = value is VoteValue.YES
             case HoldReleased():
                 self.hold = False
-            case VenueRejected() | VenueOrderCancelled():
+            case VenueRejected():
                 self.venue_order = False
+            case VenueOrderCancelled():
+                # Settlement releases the hold of an order the venue reports gone.
+                self.venue_order = self.hold = False
             case VenueAccepted():
                 self.venue_order = True
             case _:
@@ -121,12 +124,12 @@ class World:
                 self.venue_order = True
 
     def expected_compensation(self, txn_id: str) -> set[Effect]:
-        expected: set[Effect] = set()
-        if self.hold:
-            expected.add(ReleaseHold(txn_id))
+        """The venue order first; the hold only once the venue cannot fill against it."""
         if self.venue_order:
-            expected.add(CancelVenueOrder(txn_id))
-        return expected
+            return {CancelVenueOrder(txn_id)}
+        if self.hold:
+            return {ReleaseHold(txn_id)}
+        return set()
 
 
 def step_checked(transaction: Transaction, event: Event, world: World) -> Transaction:

@@ -16,7 +16,7 @@ from trading_system.matching.core import Cancel, MatchingEngine, NewOrder, Side,
 from trading_system.pipeline.orders import OrderRequest, RiskLimits, reservation, risk_vote, txn_id_for
 from trading_system.pipeline.settlement import Release, plan_events
 from trading_system.pipeline.tracker import OrderBook, percentile
-from trading_system.pipeline.venue import to_engine_command
+from trading_system.pipeline.venue import ABORT_CANCEL_PREFIX, to_engine_command
 
 pytestmark = pytest.mark.unit
 
@@ -66,6 +66,21 @@ def test_settlement_plan_settles_trades_before_releasing_the_cancelled_rest() ->
     assert (trade.buyer_account, trade.seller_account, trade.qty, trade.price) == ("bob", "alice", 3, 100)
     assert trade.trade_id.startswith("v:ABC-USD:")
     assert rest == Release(txn_id_for("s1"), "cancel")
+
+
+def test_an_aborts_cancel_of_an_order_the_venue_no_longer_knows_releases_its_hold() -> None:
+    """The order filled completely before the abort's cancel arrived: settlement settles the
+    fill first, then releases the hold; a client's cancel refused the same way releases nothing."""
+    engine = MatchingEngine([SPEC])
+    events = engine.process(NewOrder(1, 1, "ABC-USD", "s1", "alice", Side.SELL, 3, 100))
+    events += engine.process(NewOrder(2, 2, "ABC-USD", "b1", "bob", Side.BUY, 3, 100))
+    events += engine.process(Cancel(f"cancel:{ABORT_CANCEL_PREFIX}m1", 3, "ABC-USD", "b1", "bob"))
+    events += engine.process(Cancel("cancel:m2", 4, "ABC-USD", "s1", "alice"))
+    work = plan_events("v", [tuple(e) for e in events], INSTRUMENTS, fee_bps=10)
+    assert len(work) == 2
+    trades, release = work
+    assert isinstance(trades, list) and trades[0].buyer_order_id == "b1"
+    assert release == Release(txn_id_for("b1"), "abort")
 
 
 def test_order_book_follows_the_venue_and_ignores_a_redelivered_trade() -> None:

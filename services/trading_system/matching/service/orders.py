@@ -16,6 +16,9 @@ from trading_system.matching.service.codec import CommandDecodeError
 
 NEW_PREFIX = "new:"
 CANCEL_PREFIX = "cancel:"
+# The message id of a coordinator's compensating cancel starts with this, so its command
+# id (CANCEL_PREFIX + message id) tells settlement an aborted order is gone.
+ABORT_CANCEL_PREFIX = "abort-"
 
 _SIDES = {WireSide.BUY: Side.BUY, WireSide.SELL: Side.SELL}
 _TYPES = {WireOrderType.LIMIT: OrderType.LIMIT, WireOrderType.MARKET: OrderType.MARKET}
