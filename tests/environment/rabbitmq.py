@@ -298,12 +298,29 @@ class RabbitMQCluster:
         raise EnvironmentFailure(f"queue {queue!r} not found")
 
     def leader_index(self, queue: str, vhost: str = "/") -> int:
-        """Index of the node that leads the quorum queue ``queue``."""
-        leader = self.queue_info(queue, vhost)["leader"]
+        """Index of the node that leads the quorum queue ``queue``.
+
+        Asks for this one queue's Raft status rather than listing every queue: a broker
+        that has run many tests holds thousands of queues, and listing them with their
+        leaders under load can take longer than a fault injection should.
+        """
+        rows = json.loads(
+            self.ctl(
+                self.live_node(),
+                "quorum_status",
+                "-p",
+                vhost,
+                queue,
+                "--formatter",
+                "json",
+                tool="rabbitmq-queues",
+            )
+        )
+        leaders = [row["Node Name"] for row in rows if row.get("Raft State") == "leader"]
         for node in self.nodes:
-            if node.name == leader:
+            if node.name in leaders:
                 return node.index
-        raise EnvironmentFailure(f"queue {queue!r} has leader {leader!r}, not one of ours")
+        raise EnvironmentFailure(f"queue {queue!r} has leaders {leaders!r}, not one of ours")
 
     def describe(self) -> dict[str, object]:
         return {"urls": self.urls, "nodes": [n.name for n in self.nodes], "base_dir": str(self.base_dir)}

@@ -41,6 +41,7 @@ from trading_system.pipeline.coordinator import CoordinatorDriver, DirectLedger,
 from trading_system.pipeline.messages import OUTCOME_KEY, Names, registry, topology
 from trading_system.pipeline.orders import OrderRequest
 from trading_system.storage import create_engine, current_token
+from trading_system.storage.fencing import FencedError
 
 log = logging.getLogger(__name__)
 
@@ -154,12 +155,13 @@ class CoordinatorService:
     async def start(self) -> None:
         await migrate_ledger(self.db)
         await migrate_coordinator(self.db)
-        self.driver.fence = await self._fence()
+        # Health first: a replica waiting for the first election is alive, just not ready.
+        self.http_port = await self.http.start(self.config.http_host, self.config.http_port)
+        self.driver.fence = await self._first_fence()
         await self.bus.start()
         await self.bus.declare(topology(self.names))
         await self.bus.subscribe(self.names.requests, self.handle_request, concurrency=32)
         await self.driver.start(await_events=True)
-        self.http_port = await self.http.start(self.config.http_host, self.config.http_port)
         self._loop_every(self.config.renew_interval, self._renew)
         self._loop_every(self.config.outbox_interval, self.publish_pending_outcomes)
         self._loop_every(self.config.gauge_interval, self.refresh_gauges)
@@ -199,6 +201,23 @@ class CoordinatorService:
 
     async def _fence(self) -> FenceToken:
         return await current_token(self.db, self.config.fence_pair)
+
+    async def _first_fence(self) -> FenceToken:
+        """The fence pair's token, waiting for its first election instead of exiting.
+
+        Replicas usually start before the execution pair has an active (a new
+        TradingSystem, a local launch): exiting would only put them in a restart backoff.
+        """
+        while True:
+            try:
+                return await self._fence()
+            except FencedError:
+                log.info(
+                    "coordinator %s: waiting for %r to elect an active",
+                    self.config.replica,
+                    self.config.fence_pair,
+                )
+                await asyncio.sleep(1.0)
 
     async def _renew(self) -> None:
         in_flight = set(self.driver.in_flight)
