@@ -149,7 +149,15 @@ async def check_invariants(
         result.stuck_pending = sum(1 for o in acked if statuses.get(o) == "pending")
         # 2. Every trade the journal implies is settled exactly once, and nothing else is.
         trades = await _journal_trades(db)
-        await eventually(lambda: _settled_cover(db, trades), within=60, interval=0.5, what="trades settled")
+        try:
+            await eventually(
+                lambda: _settled_cover(db, trades), within=60, interval=0.5, what="trades settled"
+            )
+        except AssertionError as exc:
+            missing = sorted(trades - await _settled(db))
+            raise AssertionError(
+                f"{exc}: {len(missing)} of {len(trades)} unsettled, e.g. {missing[:5]}"
+            ) from None
         settled = await _settled(db)
         result.unsettled_trades = len(trades - settled)
         result.duplicate_trades = len(settled - trades)  # the replay itself asserts no repeats

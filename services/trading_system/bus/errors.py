@@ -113,6 +113,36 @@ DEFAULT_PERMANENT: tuple[type[BaseException], ...] = (
 DEFAULT_POISON: tuple[type[BaseException], ...] = (PoisonMessageError,)
 
 
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean "a server went away" (asyncpg's, when installed), whatever wraps them."""
+    try:
+        from asyncpg import exceptions as pg  # type: ignore[import-untyped]
+    except ImportError:  # pragma: no cover - asyncpg is a dependency of the services
+        return (ConnectionError,)
+    return (ConnectionError, pg.PostgresConnectionError, pg.OperatorInterventionError, pg.InterfaceError)
+
+
+_CONNECTION_ERRORS = _connection_errors()
+
+
+def lost_connection(exc: BaseException) -> bool:
+    """Did a handler fail because a server (PostgreSQL, say) was unreachable or restarting?
+
+    Such a failure is transient whatever the library wrapped it in (SQLAlchemy raises a
+    ``DBAPIError`` with the driver's error as its cause), so the whole cause chain is
+    looked at. Treating it as unknown would requeue at once and burn through the
+    delivery limit in a tight loop while the database restarts, parking good messages.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, _CONNECTION_ERRORS) or getattr(current, "connection_invalidated", False):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
 class ErrorClassifier:
     """Maps an exception to an ``ErrorKind``; services can add their own exception types."""
 
@@ -135,7 +165,7 @@ class ErrorClassifier:
             return ErrorKind.TRANSIENT
         if isinstance(exc, PermanentError):
             return ErrorKind.PERMANENT
-        if isinstance(exc, self._transient):
+        if isinstance(exc, self._transient) or lost_connection(exc):
             return ErrorKind.TRANSIENT
         if isinstance(exc, self._permanent):
             return ErrorKind.PERMANENT

@@ -142,3 +142,28 @@ def test_pydantic_errors_are_permanent_and_services_can_extend_the_rules() -> No
     classifier = ErrorClassifier(transient=(Throttled,))
     assert classifier.classify(Throttled()) is ErrorKind.TRANSIENT
     assert classifier.classify(TimeoutError()) is ErrorKind.UNKNOWN  # replaced, not added
+
+
+def test_a_lost_database_connection_is_transient_whatever_wraps_it() -> None:
+    """During a PostgreSQL restart handlers fail with SQLAlchemy errors wrapping the
+    driver's; requeueing them at once would exhaust the delivery limit and park them."""
+    from asyncpg.exceptions import CannotConnectNowError
+    from sqlalchemy.exc import DBAPIError
+
+    def wrapped(cause: BaseException) -> BaseException:
+        try:
+            try:
+                raise cause
+            except BaseException as exc:
+                raise DBAPIError("SELECT 1", None, exc) from exc
+        except DBAPIError as outer:
+            return outer
+
+    classifier = ErrorClassifier()
+    assert classifier.classify(wrapped(CannotConnectNowError("the database system is shutting down"))) is (
+        ErrorKind.TRANSIENT
+    )
+    assert classifier.classify(wrapped(ConnectionRefusedError(111, "refused"))) is ErrorKind.TRANSIENT
+    invalidated = DBAPIError("SELECT 1", None, Exception("gone"), connection_invalidated=True)
+    assert classifier.classify(invalidated) is ErrorKind.TRANSIENT
+    assert classifier.classify(wrapped(ValueError("a bad row"))) is ErrorKind.UNKNOWN
