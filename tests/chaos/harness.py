@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import select, text
 
 from tests.unit.bus.support import eventually
-from trading_system.demo.run import SPECS
+from trading_system.demo.run import SPECS, delete_broker_namespace
 from trading_system.ha import FailoverPolicy
 from trading_system.ledger import reconcile
 from trading_system.ledger.schema import settled_trades
@@ -31,6 +31,7 @@ from trading_system.local.launcher import ENGINE_ID, LocalConfig, LocalPipeline
 from trading_system.local.loadgen import LoadGenerator, LoadReport, seed_ledger
 from trading_system.matching.core import EventKind, MatchingEngine
 from trading_system.matching.service import Journal
+from trading_system.pipeline.messages import Names
 from trading_system.pipeline.venue import trade_id
 from trading_system.storage import create_engine
 
@@ -93,6 +94,9 @@ class PipelineUnderTest:
         if self.task is not None:
             await self.task
         self.pipeline.stop_members()
+        # The cluster outlives the test: leave it as small as it was (a node restart
+        # recovers every quorum queue, and thousands of them make it slow).
+        await delete_broker_namespace(self.config.bus_urls[0], Names.namespaced(self.config.namespace))
 
     def restart_supervision(self) -> None:
         """A new launcher on the same directory: it adopts the running members."""
