@@ -33,8 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from sqlalchemy import make_url, text
+from sqlalchemy import make_url
 
+from benchmarks.scratch_db import admin_execute as _admin
 from trading_system.bus import Envelope, MessageBus
 from trading_system.bus.catalog import OrderNew, TxnOutcome
 from trading_system.bus.catalog.common import OrderType, Side
@@ -49,16 +50,6 @@ from trading_system.storage import create_engine, raise_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
 FENCE = FenceToken("execution", 1)
-
-
-async def _admin(dsn: str, sql: str) -> None:
-    engine = create_engine(dsn, pool_size=1)
-    try:
-        async with engine.connect() as conn:
-            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            await conn.execute(text(sql))
-    finally:
-        await engine.dispose()
 
 
 async def _setup_ledger(dsn: str, accounts: int) -> None:

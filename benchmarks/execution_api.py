@@ -30,11 +30,10 @@ from pathlib import Path
 
 import aio_pika
 import aiohttp
-from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from benchmarks.scratch_db import admin_execute as _admin
 from trading_system.pipeline.messages import Names, topology
-from trading_system.storage import create_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "bench-token"
@@ -86,16 +85,6 @@ def _admin_dsn(arg: str | None) -> str:
     if isinstance(pg, dict):
         return str(pg["admin_dsn"])
     raise SystemExit("no database: pass --dsn or set TS_TESTENV_STATE")
-
-
-async def _admin(dsn: str, sql: str) -> None:
-    engine = create_engine(dsn, pool_size=1)
-    try:
-        async with engine.connect() as conn:
-            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            await conn.execute(text(sql))
-    finally:
-        await engine.dispose()
 
 
 async def _delete_namespace(urls: list[str], namespace: str) -> None:

@@ -37,6 +37,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from benchmarks.scratch_db import admin_execute as _admin_execute
 from trading_system.ledger import (
     FenceToken,
     Instrument,
@@ -95,16 +96,6 @@ class Phase:
             f"{cpu_us:,.0f}",
         )
         return "| " + " | ".join(map(str, cells)) + " |"
-
-
-async def _admin_execute(dsn: str, sql: str) -> None:
-    engine = create_engine(dsn, pool_size=1)
-    try:
-        async with engine.connect() as conn:
-            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            await conn.execute(text(sql))
-    finally:
-        await engine.dispose()
 
 
 async def _settings(engine: AsyncEngine) -> dict[str, str]:

@@ -28,19 +28,10 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from tests.unit.matching_service.helpers import SPECS, command_stream, eventually, take
 
+from benchmarks.scratch_db import admin_execute as _admin
 from trading_system.matching.service import EngineRunner, EventBatch, Journal, Role
 from trading_system.storage import create_engine
 from trading_system.storage.fencing import raise_epoch
-
-
-async def _admin(dsn: str, sql: str) -> None:
-    engine = create_engine(dsn, pool_size=1)
-    try:
-        async with engine.connect() as conn:
-            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            await conn.execute(text(sql))
-    finally:
-        await engine.dispose()
 
 
 async def _noop(batch: EventBatch) -> None:

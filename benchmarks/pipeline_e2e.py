@@ -28,10 +28,9 @@ import uuid
 from pathlib import Path
 
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
 from benchmarks.bus_throughput import raw_round
-from benchmarks.matching_service import _admin
+from benchmarks.scratch_db import scratch_database
 from trading_system.ha import FailoverPolicy
 from trading_system.local.launcher import LocalConfig, LocalPipeline
 from trading_system.local.loadgen import LoadGenerator, seed_ledger
@@ -129,15 +128,8 @@ async def raw_quorum_rate(urls: list[str]) -> float:
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    url = make_url(args.dsn)
-    scratch = f"pipeline_bench_{uuid.uuid4().hex[:8]}"
-    admin = url.render_as_string(hide_password=False)
-    await _admin(admin, f'CREATE DATABASE "{scratch}"')
-    try:
-        dsn = url.set(database=scratch).render_as_string(hide_password=False)
+    async with scratch_database(args.dsn, "pipeline_bench") as dsn:
         await run(dsn, args.rabbitmq, args.rate, args.duration, args.coordinators)
-    finally:
-        await _admin(admin, f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
 
 
 def main() -> None:

@@ -12,10 +12,8 @@ gauges. See ``docs/coordinator.md``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -30,6 +28,7 @@ from trading_system.bus.catalog.common import Side as WireSide
 from trading_system.bus.catalog.transaction import TxnResult
 from trading_system.common.auth import TokenSet
 from trading_system.common.http import Readiness, ServiceHttp
+from trading_system.common.lifecycle import run_until_signalled
 from trading_system.coordinator.protocol import Phase, PhaseTimeouts, Transaction
 from trading_system.coordinator.risk import RiskPolicy
 from trading_system.coordinator.service.metrics import CoordinatorMetrics
@@ -178,15 +177,7 @@ class CoordinatorService:
         await self.db.dispose()
 
     async def run(self) -> None:
-        await self.start()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, self._stop.set)
-        try:
-            await self._stop.wait()
-        finally:
-            await self.stop()
+        await run_until_signalled(self, self._stop)
 
     def _loop_every(self, interval: float, job: Callable[[], Awaitable[Any]]) -> None:
         async def loop() -> None:

@@ -20,7 +20,6 @@ import contextlib
 import enum
 import logging
 import math
-import signal
 import socket
 import time
 import uuid
@@ -41,6 +40,7 @@ from trading_system.bus.consumer import Subscription
 from trading_system.bus.messages import format_errors
 from trading_system.common.auth import Scope, TokenSet
 from trading_system.common.http import Readiness, ServiceHttp, json_error, require
+from trading_system.common.lifecycle import run_until_signalled
 from trading_system.execution.algos import ParentOrder
 from trading_system.execution.book import ExecutionBook, FillReport, OrderRecord
 from trading_system.execution.order_state import OrderStatus
@@ -340,15 +340,7 @@ class ExecutionService:
         await self.db.dispose()
 
     async def run(self) -> None:
-        await self.start()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, self._stop.set)
-        try:
-            await self._stop.wait()
-        finally:
-            await self.stop()
+        await run_until_signalled(self, self._stop)
 
     async def _reload(self) -> None:
         records, parents = await self.store.load()

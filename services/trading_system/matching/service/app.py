@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from trading_system.bus.facade import MessageBus
 from trading_system.bus.topology import Binding, Exchange, Topology, WorkQueue
 from trading_system.common.auth import Scope, TokenSet
 from trading_system.common.http import Readiness, ServiceHttp, json_error, require
+from trading_system.common.lifecycle import run_until_signalled
 from trading_system.matching.core import BUILD as CORE_BUILD
 from trading_system.matching.core import Command, SymbolSpec
 from trading_system.matching.service.codec import CommandDecodeError, command_from_dict
@@ -455,15 +455,7 @@ class MatchingService:
         return web.json_response(self.runner.book(symbol, levels))
 
     async def run(self) -> None:
-        await self.start()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, self._stop.set)
-        try:
-            await self._stop.wait()
-        finally:
-            await self.stop()
+        await run_until_signalled(self, self._stop)
 
 
 # -- CLI ----------------------------------------------------------------------------------
