@@ -104,6 +104,19 @@ class ControlPlane:
             raise EnvironmentFailure(f"kubectl {' '.join(args)} failed:\n{result.stderr}{result.stdout}")
         return result.stdout
 
+    def wait_crd_established(self, name: str, timeout: float = 60) -> None:
+        """Wait for a CRD's Established condition.
+
+        Not ``kubectl wait``: right after the CRD is created its status has no conditions
+        list yet, and kubectl then fails at once ("accessor error: <nil>") instead of waiting.
+        """
+
+        def established() -> bool:
+            path = '{.status.conditions[?(@.type=="Established")].status}'
+            return self.kubectl("get", "crd", name, "-o", f"jsonpath={path}", timeout=10).strip() == "True"
+
+        wait_until(established, timeout, f"CRD {name} Established")
+
     def helm(self, *args: str, timeout: float = 300) -> str:
         return run([str(self.helm_path), *args], env=self.env(), timeout=timeout)
 

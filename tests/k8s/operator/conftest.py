@@ -49,7 +49,7 @@ def ts_crd(k8s_cluster: ControlPlane) -> dict[str, Any]:
         "-",
         stdin=json.dumps(definition),
     )
-    k8s_cluster.kubectl("wait", "--for=condition=Established", f"crd/{api.CRD_NAME}", "--timeout=60s")
+    k8s_cluster.wait_crd_established(api.CRD_NAME)
     # Established comes before the storage is serving: a fresh CRD first answers 429
     # "storage is (re)initializing", which an operator started now would log as an error.
     wait_until(

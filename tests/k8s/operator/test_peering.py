@@ -30,7 +30,7 @@ def replicas(
         "-f",
         str(REPO_ROOT / "charts" / "trading-system" / "crds" / "kopf-peerings.yaml"),
     )
-    k8s_cluster.kubectl("wait", "--for=condition=Established", "crd/kopfpeerings.kopf.dev", "--timeout=30s")
+    k8s_cluster.wait_crd_established("kopfpeerings.kopf.dev", 30)
 
     def replica(name: str, priority: int) -> OperatorProcess:
         mode = ("--peering=ts-operator", f"--priority={priority}", f"--peering-lifetime={LIFETIME}")
