@@ -244,13 +244,7 @@ class CoordinatorDriver:
                 return None
             if event is None:
                 event = self._sweep_event(claim)
-            # Only leases of work in progress are renewed: a step that died (its database
-            # call failed) lets its lease expire, and a sweep takes the transaction over.
-            self.in_flight.add(txn_id)
-            try:
-                return await self._run(claim, event)
-            finally:
-                self.in_flight.discard(txn_id)
+            return await self._run(claim, event)
 
     def _sweep_event(self, claim: Claim) -> p.Event | None:
         """What a sweep applies: the due timeout, or ``Begin`` for a creation whose replica died."""
@@ -275,6 +269,15 @@ class CoordinatorDriver:
                 delay = min(delay * 2, 0.1)
 
     async def _run(self, claim: Claim, event: p.Event | None) -> p.Transaction:
+        # Only leases of steps in progress are renewed (placements included): a step that
+        # died on a database error lets its lease expire, and a sweep takes it over.
+        self.in_flight.add(claim.transaction.txn_id)
+        try:
+            return await self._step(claim, event)
+        finally:
+            self.in_flight.discard(claim.transaction.txn_id)
+
+    async def _step(self, claim: Claim, event: p.Event | None) -> p.Transaction:
         txn, order = claim.transaction, claim.order
         pending: list[p.Event] = []
         if claim.taken_over:

@@ -167,9 +167,12 @@ async def test_a_step_that_fails_on_the_database_leaves_nothing_in_flight(world:
     original = world.store.save
     calls = 0
 
+    seen_in_flight: list[set[str]] = []
+
     async def failing_save(*args: Any, **kwargs: Any) -> Any:
         nonlocal calls
         calls += 1
+        seen_in_flight.append(set(driver.in_flight))
         if calls == 2:  # the save after Begin: the database restarts right then
             raise ConnectionResetError("the database went away")
         return await original(*args, **kwargs)
@@ -177,5 +180,6 @@ async def test_a_step_that_fails_on_the_database_leaves_nothing_in_flight(world:
     world.store.save = failing_save  # type: ignore[method-assign]
     with pytest.raises(ConnectionResetError):
         await driver.place(order("o-9"))
+    assert seen_in_flight[0] == {"txn-o-9"}  # while the placement's step ran, its lease was renewable
     assert driver.in_flight == set()
     assert await world.store.renew("flaky", driver.in_flight, time.time(), 1.0) == 0
