@@ -44,6 +44,7 @@ from trading_system.ha import (
     SwitchService,
     Wait,
     decide,
+    significant,
 )
 
 logger = logging.getLogger(__name__)
@@ -93,16 +94,6 @@ def switchover_request(annotations: Mapping[str, str], pair: str) -> SwitchoverR
         return None
     target = annotations.get(f"{api.ANNOTATION_SWITCHOVER_PREFIX}{pair}-target") or None
     return SwitchoverRequest(request_id=request_id, target=target)
-
-
-def significant(state: PairState) -> dict[str, Any]:
-    """The part of the state worth a write when no action forces one.
-
-    The probe clock and the failure counter change every round; persisting them would
-    write the resource every probe period. A restart that loses them at most re-counts a
-    few failed rounds.
-    """
-    return dataclasses.replace(state, last_observed_at=None, failures=0).to_dict()
 
 
 @dataclass

@@ -36,6 +36,7 @@ from trading_system.ha.state import (
     PairState,
     Phase,
     Reason,
+    significant,
 )
 
 __all__ = [
@@ -66,4 +67,5 @@ __all__ = [
     "SwitchoverRequest",
     "Wait",
     "decide",
+    "significant",
 ]

@@ -194,3 +194,13 @@ def _optional_str(value: Any) -> str | None:
 
 def _optional_float(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+def significant(state: PairState) -> dict[str, Any]:
+    """The part of the state worth a write when no action forces one.
+
+    The probe clock and the failure counter change every round; persisting them would
+    write the resource status (or the supervisor's file) every probe period. A restart
+    that loses them at most re-counts a few failed rounds.
+    """
+    return dataclasses.replace(state, last_observed_at=None, failures=0).to_dict()

@@ -248,9 +248,9 @@ def run_up(args: argparse.Namespace) -> int:
 async def _report(pipeline: LocalPipeline, stop: asyncio.Event) -> None:
     last = ""
     while not stop.is_set():
-        text = json.dumps(pipeline.status(), sort_keys=True)
+        text = json.dumps(pipeline.status(), indent=2, sort_keys=True)
         if text != last:
-            print(json.dumps(pipeline.status(), indent=2, sort_keys=True), flush=True)
+            print(text, flush=True)
             last = text
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 2.0)

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +39,7 @@ from trading_system.ha import (
     SwitchService,
     Wait,
     decide,
+    significant,
 )
 from trading_system.ha.probe import Endpoint, admin_call, probe_member
 from trading_system.local.files import write_atomically
@@ -140,7 +139,7 @@ class PairSupervisor:
         """Observe, decide, persist, execute; returns the actions that were executed."""
         decision = decide(self.state, await self.observe(session), self.spec.policy)
         actionable = [a for a in decision.actions if not isinstance(a, Wait)]
-        if actionable or _significant(decision.state) != _significant(self.state):
+        if actionable or significant(decision.state) != significant(self.state):
             self._persist(decision.state)  # before any action: the executor contract
         self.state = decision.state
         done: list[Action] = []
@@ -241,12 +240,3 @@ class PairSupervisor:
     def stop_members(self) -> None:
         for member in self.members.values():
             member.kill()
-
-
-def _significant(state: PairState) -> dict[str, Any]:
-    """The state worth a write; the probe clock and failure count change every round."""
-    return dataclasses.replace(state, last_observed_at=None, failures=0).to_dict()
-
-
-def read_state(directory: Path, pair: str) -> Mapping[str, Any]:
-    return dict(json.loads((directory / "state" / f"{pair}.json").read_text()))

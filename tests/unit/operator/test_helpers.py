@@ -8,10 +8,10 @@ import pytest
 
 from trading_operator import api
 from trading_operator.controller import is_paused, next_rabbitmq_replicas, slim
-from trading_operator.failover import policy_of, service_target, significant, switchover_request
+from trading_operator.failover import policy_of, service_target, switchover_request
 from trading_operator.probes import quorum_status
 from trading_operator.spec import TradingSystemSpec
-from trading_system.ha import FailoverMode, PairState, SwitchoverRequest
+from trading_system.ha import FailoverMode, PairState, SwitchoverRequest, significant
 
 pytestmark = pytest.mark.unit
 
