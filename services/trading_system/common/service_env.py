@@ -73,14 +73,19 @@ class ServiceEnvironment:
         return data
 
 
-def add_connection_flags(parser: argparse.ArgumentParser, env: ServiceEnvironment) -> None:
-    """``--db-url``, ``--bus-url``, ``--bus-mode``, ``--host``, ``--port``, defaulting to ``env``."""
+def add_store_flags(parser: argparse.ArgumentParser, env: ServiceEnvironment) -> None:
+    """``--db-url`` and ``--bus-url``, defaulting to ``env`` (also for operators' tools)."""
     parser.add_argument("--db-url", default=env.database_url, help=f"default ${DATABASE_URL}")
     parser.add_argument(
         "--bus-url",
         default=env.rabbitmq_url,
         help=f"amqp://... (comma-separated nodes); default ${RABBITMQ_URL}",
     )
+
+
+def add_connection_flags(parser: argparse.ArgumentParser, env: ServiceEnvironment) -> None:
+    """The store flags plus ``--bus-mode``, ``--host``, ``--port``, defaulting to ``env``."""
+    add_store_flags(parser, env)
     parser.add_argument("--bus-mode", default=None, help="rabbitmq | in_memory | auto (default: environment)")
     parser.add_argument("--host", default=env.http_host, help=f"HTTP address (default ${POD_IP} or 0.0.0.0)")
     parser.add_argument(

@@ -22,7 +22,13 @@ from typing import Any
 
 from trading_system.bus.config import parse_urls
 from trading_system.common.logging import configure_service_logging
-from trading_system.common.service_env import ConfigError, ServiceEnvironment, add_connection_flags
+from trading_system.common.service_env import (
+    DATABASE_URL,
+    ConfigError,
+    ServiceEnvironment,
+    add_connection_flags,
+    add_store_flags,
+)
 from trading_system.coordinator.protocol import Phase, PhaseTimeouts
 from trading_system.coordinator.risk import RiskPolicy
 from trading_system.coordinator.service.app import CRASH_ENV, CoordinatorConfig, CoordinatorService
@@ -32,8 +38,6 @@ from trading_system.ledger.pricing import instrument_of_symbol
 from trading_system.pipeline.coordinator import LeaseSettings
 from trading_system.pipeline.orders import RiskLimits
 
-DATABASE_ENV = "TRADING_SYSTEM_DATABASE_URL"
-RABBITMQ_ENV = "TRADING_SYSTEM_RABBITMQ_URL"
 DEFAULT_INSTRUMENTS = ("BTC-USD:BTC:USD", "ETH-USD:ETH:USD", "SOL-USD:SOL:USD")
 
 
@@ -57,12 +61,7 @@ def config_instruments() -> list[Instrument]:
 
 
 def _connection_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db-url", default=os.environ.get(DATABASE_ENV), help=f"default ${DATABASE_ENV}")
-    p.add_argument(
-        "--bus-url",
-        default=os.environ.get(RABBITMQ_ENV, ""),
-        help=f"amqp://... (comma-separated); ${RABBITMQ_ENV}",
-    )
+    add_store_flags(p, ServiceEnvironment.read())
     _pipeline_flags(p)
 
 
@@ -119,7 +118,7 @@ def _add_serve(sub: Any) -> None:
 
 def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
     if not args.db_url:
-        raise SystemExit(f"coordinator serve needs --db-url or ${DATABASE_ENV}")
+        raise SystemExit(f"coordinator serve needs --db-url or ${DATABASE_URL}")
     instruments = (
         args.instrument or config_instruments() or [parse_instrument(t) for t in DEFAULT_INSTRUMENTS]
     )
@@ -193,7 +192,7 @@ def _add_txns(sub: Any) -> None:
 def run_txns(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     if not args.db_url:
-        print(f"error: needs --db-url or ${DATABASE_ENV}", file=sys.stderr)
+        print(f"error: needs --db-url or ${DATABASE_URL}", file=sys.stderr)
         return 2
     try:
         lines = asyncio.run(_run_txns(args))
