@@ -6,7 +6,7 @@ test's (or another service's) traffic on the shared broker.
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import os
 import subprocess
 import sys
@@ -21,6 +21,7 @@ import pytest_asyncio
 from prometheus_client import CollectorRegistry
 
 from tests.environment.rabbitmq import RabbitMQCluster
+from tests.unit.bus.support import eventually as shared_eventually
 from trading_system.bus.config import BusMode, BusSettings
 from trading_system.bus.envelope import Envelope
 from trading_system.bus.facade import MessageBus
@@ -178,12 +179,8 @@ async def post_json(url: str, body: Any, headers: dict[str, str] | None = None) 
         return resp.status, await resp.json()
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 20.0, what: str = "") -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not await check():
-        assert loop.time() < deadline, f"not reached within {within}s: {what}"
-        await asyncio.sleep(0.02)
+# The shared bounded wait, with the longer default these broker round trips need.
+eventually = functools.partial(shared_eventually, within=20.0)
 
 
 async def active_at(base: str) -> bool:

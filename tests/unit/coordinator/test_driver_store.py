@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from tests.unit.bus.support import eventually
 from tests.unit.coordinator.world import SPECS, TIMEOUTS, World, order
 from trading_system.coordinator import protocol as p
 from trading_system.coordinator.store import MemoryStore
@@ -26,13 +27,6 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     world = await World.start(f"sqlite+aiosqlite:///{tmp_path / 'c.db'}")
     yield world
     await world.close()
-
-
-async def _until(check: object, within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not await check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_a_replica_takes_over_an_expired_lease_and_resumes(world: World) -> None:
@@ -55,7 +49,7 @@ async def test_a_replica_takes_over_an_expired_lease_and_resumes(world: World) -
             record = await world.store.get("txn-o-1")
             return record is not None and record.transaction.phase is p.Phase.COMMITTED
 
-        await _until(committed)
+        await eventually(committed, within=5.0, what="committed after the takeover")
         assert taken == ["dead"] and driver.stats.takeovers == 1
         record = await world.store.get("txn-o-1")
         assert record is not None and record.lease_owner is None
