@@ -26,6 +26,7 @@ import uuid
 
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from tests.integration.matching_support import event_sink, start_matching_client
 from tests.unit.matching_service.helpers import SPECS, command_stream, eventually, take
 
 from benchmarks.scratch_db import admin_execute as _admin
@@ -113,13 +114,10 @@ async def end_to_end(dsn: str, urls: list[str], total: int, batch_size: int, pro
     """Commands published to RabbitMQ -> service (journal, match, confirmed events) -> sink."""
     from prometheus_client import CollectorRegistry
 
-    from trading_system.bus.config import BusMode, BusSettings
-    from trading_system.bus.facade import MessageBus
     from trading_system.bus.messages import BusMessage
-    from trading_system.bus.topology import Binding, Exchange, Topology, WorkQueue
     from trading_system.matching.service import command_to_dict
     from trading_system.matching.service.app import MatchingConfig, MatchingService
-    from trading_system.matching.service.messages import MatchingCommand, MatchingCommandBatch, register
+    from trading_system.matching.service.messages import MatchingCommand, MatchingCommandBatch
 
     engine_id = f"bench{uuid.uuid4().hex[:6]}"
     service = MatchingService(
@@ -138,19 +136,7 @@ async def end_to_end(dsn: str, urls: list[str], total: int, batch_size: int, pro
         ),
         registry=(registry := CollectorRegistry()),
     )
-    client = MessageBus(
-        BusSettings(mode=BusMode.RABBITMQ, urls=tuple(urls), service="bench-client", depth_poll_interval=0),
-        metrics_registry=CollectorRegistry(),
-    )
-    register(client.registry)
-    await client.start()
-    sink = f"bench.matching.events.{engine_id}"
-    await client.declare(
-        Topology(
-            exchanges=(Exchange("ts.events"),),
-            queues=(WorkQueue(sink, bindings=(Binding("ts.events", f"matching.events.{engine_id}"),)),),
-        )
-    )
+    client = await start_matching_client(urls, "bench-client")
     done = asyncio.Event()
     received = 0
 
@@ -160,7 +146,7 @@ async def end_to_end(dsn: str, urls: list[str], total: int, batch_size: int, pro
         if received >= total:
             done.set()
 
-    await client.subscribe(sink, on_event, prefetch=1000)
+    await event_sink(client, engine_id, on_event, "bench.matching.events", prefetch=1000)
     await service.start()
     try:
         plain = [command_to_dict(c) for c in take(command_stream(seed=5, prefix=f"{engine_id}-"), total)]
@@ -201,12 +187,9 @@ async def promotion(dsn: str, urls: list[str], size: int, snapshot_every: int) -
     import aiohttp
     from prometheus_client import CollectorRegistry
 
-    from trading_system.bus.config import BusMode, BusSettings
-    from trading_system.bus.facade import MessageBus
-    from trading_system.bus.topology import Binding, Exchange, Topology, WorkQueue
     from trading_system.matching.service import command_to_dict
     from trading_system.matching.service.app import MatchingConfig, MatchingService
-    from trading_system.matching.service.messages import MatchingCommand, register
+    from trading_system.matching.service.messages import MatchingCommand
 
     engine_id = f"promo{uuid.uuid4().hex[:6]}"
     db = create_engine(dsn, pool_size=2)
@@ -222,26 +205,14 @@ async def promotion(dsn: str, urls: list[str], size: int, snapshot_every: int) -
     await db.dispose()
 
     token = os.environ.setdefault("TRADING_SYSTEM_ADMIN_TOKEN", uuid.uuid4().hex)
-    client = MessageBus(
-        BusSettings(mode=BusMode.RABBITMQ, urls=tuple(urls), service="bench-client", depth_poll_interval=0),
-        metrics_registry=CollectorRegistry(),
-    )
-    register(client.registry)
-    await client.start()
-    sink = f"bench.promotion.events.{engine_id}"
-    await client.declare(
-        Topology(
-            exchanges=(Exchange("ts.events"),),
-            queues=(WorkQueue(sink, bindings=(Binding("ts.events", f"matching.events.{engine_id}"),)),),
-        )
-    )
+    client = await start_matching_client(urls, "bench-client")
     first_new = asyncio.Event()
 
     async def on_event(env: object) -> None:
         if getattr(env, "epoch", None) == 2:
             first_new.set()
 
-    await client.subscribe(sink, on_event, prefetch=1000)
+    await event_sink(client, engine_id, on_event, "bench.promotion.events", prefetch=1000)
     standby = MatchingService(
         MatchingConfig(
             engine_id=engine_id,
