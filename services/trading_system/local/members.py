@@ -121,8 +121,23 @@ class MemberRegistry:
         )
         return member if member.alive() else None
 
-    def recorded(self) -> list[str]:
-        return sorted(p.stem for p in (self.directory / "members").glob("*.json"))
+    def recorded(self, prefix: str | None = None) -> list[str]:
+        """Recorded member names, all or those named ``<prefix>-<n>``."""
+        names = sorted(p.stem for p in (self.directory / "members").glob("*.json"))
+        return names if prefix is None else [n for n in names if n.startswith(f"{prefix}-")]
+
+    def adopt_all(self, prefix: str) -> dict[str, MemberProcess]:
+        """The running members named ``<prefix>-<n>`` that a previous supervisor started."""
+        adopted = {name: self.adopt(name) for name in self.recorded(prefix)}
+        return {name: member for name, member in adopted.items() if member is not None}
+
+    def reap(self, members: dict[str, MemberProcess]) -> list[str]:
+        """Drop the members whose process exited, from ``members`` and the records."""
+        exited = [name for name, member in members.items() if not member.alive()]
+        for name in exited:
+            del members[name]
+            self.forget(name)
+        return exited
 
     def forget(self, name: str) -> None:
         self._record(name).unlink(missing_ok=True)

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 from trading_system.local.members import (
     MemberCommand,
-    MemberProcess,
     MemberRegistry,
     member_address,
     member_index,
@@ -36,28 +35,18 @@ class ReplicaSupervisor:
     def __init__(self, spec: ReplicaSpec, registry: MemberRegistry) -> None:
         self.spec = spec
         self.registry = registry
-        self.members: dict[str, MemberProcess] = {}
+        self.members = registry.adopt_all(spec.prefix)
         self.replaced = 0
-        for name in registry.recorded():
-            if name.startswith(f"{spec.prefix}-") and (member := registry.adopt(name)) is not None:
-                self.members[name] = member
 
     def _next_name(self) -> str:
-        known = [
-            member_index(n)
-            for n in [*self.members, *self.registry.recorded()]
-            if n.startswith(self.spec.prefix)
-        ]
+        known = [member_index(n) for n in {*self.members, *self.registry.recorded(self.spec.prefix)}]
         return f"{self.spec.prefix}-{max(known, default=-1) + 1}"
 
     def reconcile(self) -> list[str]:
         """Forget exited replicas and start new ones up to the count; returns the started."""
-        for name, member in list(self.members.items()):
-            if not member.alive():
-                log.warning("%s: replica %s exited; replacing it", self.spec.prefix, name)
-                del self.members[name]
-                self.registry.forget(name)
-                self.replaced += 1
+        for name in self.registry.reap(self.members):
+            log.warning("%s: replica %s exited; replacing it", self.spec.prefix, name)
+            self.replaced += 1
         started = []
         while len(self.members) < self.spec.replicas:
             name = self._next_name()

@@ -99,10 +99,7 @@ class PairSupervisor:
         self.state_file = directory / "state" / f"{spec.prefix}.json"
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
         self.state = self._load_state()
-        self.members: dict[str, MemberProcess] = {}
-        for name in registry.recorded():
-            if name.startswith(f"{spec.prefix}-") and (member := registry.adopt(name)) is not None:
-                self.members[name] = member
+        self.members = registry.adopt_all(spec.prefix)
 
     @property
     def pair(self) -> str:
@@ -120,12 +117,9 @@ class PairSupervisor:
     # -- one round ----------------------------------------------------------------------
 
     async def observe(self, session: aiohttp.ClientSession) -> Observation:
-        for name, member in list(self.members.items()):
-            if not member.alive():
-                # A process that exited is a pod that is gone: the decision replaces it.
-                log.warning("%s: member %s has exited", self.pair, name)
-                del self.members[name]
-                self.registry.forget(name)
+        for name in self.registry.reap(self.members):
+            # A process that exited is a pod that is gone: the decision replaces it.
+            log.warning("%s: member %s has exited", self.pair, name)
         endpoints = [Endpoint(name, m.host, True, m.port) for name, m in sorted(self.members.items())]
         members = tuple(
             await asyncio.gather(*(probe_member(session, e, self.spec.probe_timeout) for e in endpoints))
