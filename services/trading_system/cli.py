@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from trading_system.common.service_env import ServiceEnvironment
 from trading_system.coordinator.service.cli import add_coordinator_parser
 from trading_system.execution.service.cli import add_execution_parser
 from trading_system.local.launcher import add_local_parser
@@ -43,9 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="postgresql+asyncpg://... to use PostgreSQL instead of a temporary SQLite file",
     )
-    add_matching_parser(sub)
-    add_execution_parser(sub)
-    add_coordinator_parser(sub)
+    env = ServiceEnvironment.read()  # once: every service command defaults to it
+    add_matching_parser(sub, env)
+    add_execution_parser(sub, env)
+    add_coordinator_parser(sub, env)
     add_local_parser(sub)
     return parser
 

@@ -50,18 +50,18 @@ def parse_instrument(text: str) -> Instrument:
     return Instrument(parts[0], parts[1], parts[2], price_divisor=divisor)
 
 
-def config_instruments() -> list[Instrument]:
+def config_instruments(env: ServiceEnvironment) -> list[Instrument]:
     """The pipeline config's ``BASE-QUOTE`` symbols (``$TRADING_SYSTEM_CONFIG``), if any."""
     try:
-        config = ServiceEnvironment.read().pipeline_config()
+        config = env.pipeline_config()
     except ConfigError as exc:
         raise SystemExit(str(exc)) from exc
     found = (instrument_of_symbol(str(entry.get("name", ""))) for entry in config.get("symbols") or ())
     return [instrument for instrument in found if instrument is not None]
 
 
-def _connection_flags(p: argparse.ArgumentParser) -> None:
-    add_store_flags(p, ServiceEnvironment.read())
+def _connection_flags(p: argparse.ArgumentParser, env: ServiceEnvironment) -> None:
+    add_store_flags(p, env)
     _pipeline_flags(p)
 
 
@@ -72,22 +72,22 @@ def _pipeline_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_coordinator_parser(subparsers: Any) -> argparse.ArgumentParser:
+def add_coordinator_parser(subparsers: Any, env: ServiceEnvironment | None = None) -> argparse.ArgumentParser:
     """Add ``coordinator serve`` and ``coordinator txns ...``; handlers are ``args.func(args) -> int``."""
+    env = env or ServiceEnvironment.read()
     p: argparse.ArgumentParser = subparsers.add_parser(
         "coordinator", help="the 3PC order-transaction coordinator"
     )
     sub = p.add_subparsers(dest="coordinator_command", required=True)
-    _add_serve(sub)
-    _add_txns(sub)
+    _add_serve(sub, env)
+    _add_txns(sub, env)
     return p
 
 
-def _add_serve(sub: Any) -> None:
+def _add_serve(sub: Any, env: ServiceEnvironment) -> None:
     serve: argparse.ArgumentParser = sub.add_parser(
         "serve", help="run a coordinator replica (all are active)"
     )
-    env = ServiceEnvironment.read()
     add_connection_flags(serve, env)
     _pipeline_flags(serve)
     serve.add_argument(
@@ -113,14 +113,16 @@ def _add_serve(sub: Any) -> None:
     serve.add_argument("--max-exposure", type=int, default=None)
     serve.add_argument("--max-orders", type=int, default=None, help="per account per --rate-window")
     serve.add_argument("--rate-window", type=float, default=1.0)
-    serve.set_defaults(func=run_serve)
+    serve.set_defaults(func=run_serve, service_env=env)
 
 
 def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
     if not args.db_url:
         raise SystemExit(f"coordinator serve needs --db-url or ${DATABASE_URL}")
     instruments = (
-        args.instrument or config_instruments() or [parse_instrument(t) for t in DEFAULT_INSTRUMENTS]
+        args.instrument
+        or config_instruments(args.service_env)
+        or [parse_instrument(t) for t in DEFAULT_INSTRUMENTS]
     )
     crash = os.environ.get(CRASH_ENV)
     return CoordinatorConfig(
@@ -162,7 +164,7 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_txns(sub: Any) -> None:
+def _add_txns(sub: Any, env: ServiceEnvironment) -> None:
     txns: argparse.ArgumentParser = sub.add_parser("txns", help="inspect and repair stored transactions")
     ops = txns.add_subparsers(dest="txns_command", required=True)
     listing = ops.add_parser("list", help="transactions, oldest first")
@@ -185,7 +187,7 @@ def _add_txns(sub: Any) -> None:
     replay.add_argument("txn_id")
     for parser in (listing, show, *ops.choices.values()):
         if not any(action.dest == "db_url" for action in parser._actions):
-            _connection_flags(parser)
+            _connection_flags(parser, env)
     txns.set_defaults(func=run_txns)
 
 
