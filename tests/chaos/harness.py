@@ -10,12 +10,13 @@ through recovery, drains, and returns the numbers DESIGN.md section 7 is checked
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,8 @@ from trading_system.ledger import reconcile
 from trading_system.ledger.schema import settled_trades
 from trading_system.local.launcher import ENGINE_ID, LocalConfig, LocalPipeline
 from trading_system.local.loadgen import LoadGenerator, LoadReport, seed_ledger
-from trading_system.matching.core import EventKind, MatchingEngine
+from trading_system.local.members import Placement
+from trading_system.matching.core import EventKind, MatchingEngine, SymbolSpec
 from trading_system.matching.service import Journal
 from trading_system.pipeline.messages import Names
 from trading_system.pipeline.venue import trade_id
@@ -68,7 +70,9 @@ class ScenarioResult:
 
 
 class PipelineUnderTest:
-    def __init__(self, directory: Path, db_url: str, bus_urls: list[str]) -> None:
+    def __init__(
+        self, directory: Path, db_url: str, bus_urls: list[str], placement: Placement | None = None
+    ) -> None:
         self.db_url = db_url
         self.config = LocalConfig(
             directory=directory,
@@ -79,6 +83,7 @@ class PipelineUnderTest:
             policy=FailoverPolicy(failure_threshold=2, cooldown_seconds=0, promote_timeout_seconds=30),
             probe_period=0.5,
             probe_timeout=0.5,
+            placement=placement,
         )
         self.pipeline = LocalPipeline(self.config)
         self.stop = asyncio.Event()
@@ -114,31 +119,70 @@ async def run_scenario(
     warmup: float = 6.0,
     after: float = 14.0,
 ) -> tuple[ScenarioResult, LoadReport]:
-    prefix = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
     api_token = put.pipeline.tokens["api"]
-    load = LoadGenerator(put.pipeline.execution_url, api_token, ACCOUNTS, rate=rate, prefix=prefix)
+    inject = None if fault is None else functools.partial(fault, put)
+    report, fault_at = await drive_load(
+        put.pipeline.execution_url, api_token, name, inject, rate=rate, warmup=warmup, after=after
+    )
+    result = await check_invariants(put, name, report, fault_at)
+    return result, report
+
+
+async def drive_load(
+    url: Callable[[], str | None],
+    api_token: str,
+    name: str,
+    fault: Callable[[], Awaitable[None]] | None,
+    *,
+    rate: float = 40.0,
+    warmup: float = 6.0,
+    after: float = 14.0,
+) -> tuple[LoadReport, float]:
+    """Orders at ``rate`` to whatever ``url`` names; ``fault`` after ``warmup``, the load kept on
+    for ``after`` more seconds, then drained. Returns the report and the fault's monotonic time.
+
+    Any pipeline can be driven: ``url`` is asked again before every attempt, so it may follow
+    a failover (``routes.json`` locally, the active pod's address on Kubernetes).
+    """
+    prefix = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    load = LoadGenerator(url, api_token, ACCOUNTS, rate=rate, prefix=prefix)
     stop_load = asyncio.Event()
     driver = asyncio.create_task(load.run(stop_load))
     await asyncio.sleep(warmup)  # steady load before the fault (a duration, not a condition)
     fault_at = time.monotonic()
     if fault is not None:
-        await fault(put)
+        await fault()
     await asyncio.sleep(after)
     stop_load.set()
-    report = await driver
-    result = await check_invariants(put, name, report, fault_at)
-    return result, report
+    return await driver, fault_at
 
 
 async def check_invariants(
     put: PipelineUnderTest, name: str, report: LoadReport, fault_at: float
 ) -> ScenarioResult:
+    result = await check_pipeline(put.db_url, name, report, fault_at)
+    result.failover_seconds = _failover_seconds(put, fault_at)
+    return result
+
+
+async def check_pipeline(
+    db_url: str,
+    name: str,
+    report: LoadReport,
+    fault_at: float,
+    *,
+    engine_id: str = ENGINE_ID,
+    specs: Sequence[SymbolSpec] = SPECS,
+) -> ScenarioResult:
+    """DESIGN.md section 7 from the database and the load generator's records, for any
+    pipeline: ``engine_id`` and ``specs`` are what its matching engine runs with (the
+    local launcher's by default), so the journal is replayed exactly as it was matched."""
     result = ScenarioResult(name, acknowledged=len(report.acknowledged))
     refused = [a for a in report.acks if not a.acknowledged]
     result.notes += sorted({str(a.error)[:120] for a in refused})[:5]
     result.p50_ms, result.p99_ms = report.latency_ms(0.5), report.latency_ms(0.99)
     result.baseline_rate, result.dip_rate = _rates(report, fault_at)
-    db = create_engine(put.db_url)
+    db = create_engine(db_url)
     try:
         acked = {a.order_id for a in report.acknowledged}
         # 1. Every acknowledged order exists and leaves "pending" (its transaction ended).
@@ -150,9 +194,9 @@ async def check_invariants(
             raise AssertionError(f"{exc}: {await _undecided(db, acked)}") from None
         statuses = await _order_statuses(db)
         result.lost = len(acked - set(statuses))
-        result.stuck_pending = sum(1 for o in acked if statuses.get(o) == "pending")
+        result.stuck_pending = sum(1 for o in acked if statuses.get(o or "") == "pending")
         # 2. Every trade the journal implies is settled exactly once, and nothing else is.
-        trades = await _journal_trades(db)
+        trades = await _journal_trades(db, engine_id, specs)
         try:
             await eventually(
                 lambda: _settled_cover(db, trades), within=60, interval=0.5, what="trades settled"
@@ -172,7 +216,6 @@ async def check_invariants(
             result.notes += [str(b) for b in report_.breaks[:5]]
     finally:
         await db.dispose()
-    result.failover_seconds = _failover_seconds(put, fault_at)
     return result
 
 
@@ -228,16 +271,18 @@ async def _undecided(db: Any, acked: set[str | None]) -> list[tuple[Any, ...]]:
     return [(o, statuses.get(o), txns.get(o)) for o in stuck]
 
 
-async def _journal_trades(db: Any) -> set[str]:
+async def _journal_trades(
+    db: Any, engine_id: str = ENGINE_ID, specs: Sequence[SymbolSpec] = SPECS
+) -> set[str]:
     """Trade ids of every trade the matching journal implies (replayed from scratch)."""
-    engine = MatchingEngine(SPECS)
+    engine = MatchingEngine(list(specs))
     trades: set[str] = set()
     self_dupes = 0
-    async for page in Journal(db, ENGINE_ID).iterate():
+    async for page in Journal(db, engine_id).iterate():
         for entry in page:
             for event in engine.process(entry.command):
                 if event[1] == EventKind.TRADE:
-                    tid = trade_id(ENGINE_ID, event[2], event[0])
+                    tid = trade_id(engine_id, event[2], event[0])
                     self_dupes += tid in trades
                     trades.add(tid)
     assert self_dupes == 0

@@ -14,7 +14,7 @@ import json
 import signal
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,25 +22,48 @@ import pytest_asyncio
 from sqlalchemy import text
 
 from tests.chaos.harness import PipelineUnderTest, ScenarioResult, run_scenario, write_result
+from tests.chaos.netns import IsolatedMembers, namespaces_supported
 from tests.environment.postgres import PostgresServer
 from tests.environment.rabbitmq import RabbitMQCluster
 from tests.unit.bus.support import eventually
 from trading_system.ha import Phase
+from trading_system.local.members import Placement
 from trading_system.storage import create_engine
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
+
+
+@contextlib.asynccontextmanager
+async def running_pipeline(
+    rabbitmq: RabbitMQCluster, postgres_dsn: str, tmp_path: Path, placement: Placement | None = None
+) -> AsyncIterator[PipelineUnderTest]:
+    pipeline = PipelineUnderTest(tmp_path / "pipeline", postgres_dsn, rabbitmq.urls, placement)
+    try:
+        await pipeline.start()
+        yield pipeline
+    finally:
+        await pipeline.close()
 
 
 @pytest_asyncio.fixture(loop_scope="function")
 async def put(
     rabbitmq: RabbitMQCluster, postgres_dsn: str, tmp_path: Path
 ) -> AsyncIterator[PipelineUnderTest]:
-    pipeline = PipelineUnderTest(tmp_path / "pipeline", postgres_dsn, rabbitmq.urls)
-    try:
-        await pipeline.start()
+    async with running_pipeline(rabbitmq, postgres_dsn, tmp_path) as pipeline:
         yield pipeline
+
+
+@pytest.fixture
+def isolated_matching() -> Iterator[IsolatedMembers]:
+    """Matching members in network namespaces of their own (needs root)."""
+    reason = namespaces_supported()
+    if reason is not None:
+        pytest.skip(reason)
+    placement = IsolatedMembers(["matching"])
+    try:
+        yield placement
     finally:
-        await pipeline.close()
+        placement.close()
 
 
 def assert_invariants(result: ScenarioResult) -> None:
@@ -92,11 +115,38 @@ async def test_pause_the_active_matching_engine_then_resume_it(put: PipelineUnde
     finally:
         frozen.kill()
     assert_invariants(result)
-    epochs = await journal_epochs(put.db_url)
-    first_new = min(seq for seq, epoch in epochs if epoch == 2)
-    assert all(epoch == 1 for seq, epoch in epochs if seq < first_new)
-    assert all(epoch == 2 for seq, epoch in epochs if seq >= first_new)  # nothing from the old one
-    assert first_new > promoted_at["seq"] - 1
+    await assert_only_the_new_epoch_after(put.db_url, promoted_at["seq"])
+
+
+async def test_cut_the_active_matching_engine_off_the_network_then_restore_it(
+    rabbitmq: RabbitMQCluster, postgres_dsn: str, tmp_path: Path, isolated_matching: IsolatedMembers
+) -> None:
+    """The active's link goes down (its process runs on, its TCP connections stall, the
+    supervisor can neither probe nor kill it): the standby is promoted. When the link comes
+    back, the old member finds itself fenced and nothing it does reaches the journal."""
+    async with running_pipeline(rabbitmq, postgres_dsn, tmp_path, isolated_matching) as put:
+        pair = put.pipeline.pair("matching")
+        old = str(pair.state.active)
+        cut_off = pair.members[old]
+        promoted_at: dict[str, int] = {}
+
+        async def fault(p: PipelineUnderTest) -> None:
+            del pair.members[old]  # a partitioned node: its pod can be neither probed nor deleted
+            isolated_matching.cut(old)
+            await eventually(
+                lambda: pair.state.active not in (None, old) and pair.state.phase is Phase.IDLE, 30
+            )
+            promoted_at["seq"] = await journal_head(p.db_url)
+            assert member_role(cut_off.host) is None  # really cut off
+            isolated_matching.restore(old)
+            await eventually(lambda: member_role(cut_off.host) == "fenced", 60, what="the old member fenced")
+
+        try:
+            result, _ = await run_scenario(put, "network cut matching active", fault)
+        finally:
+            cut_off.kill()
+        assert_invariants(result)
+        await assert_only_the_new_epoch_after(put.db_url, promoted_at["seq"])
 
 
 async def test_kill_the_active_execution_service(put: PipelineUnderTest) -> None:
@@ -175,6 +225,16 @@ async def test_kill_the_supervisor_in_the_middle_of_a_failover(put: PipelineUnde
     assert state.active not in (None, old) and state.epoch == 2 and state.phase is Phase.IDLE
 
 
+async def assert_only_the_new_epoch_after(db_url: str, head_at_promotion: int) -> None:
+    """The journal holds epoch 1 up to the promotion and epoch 2 after it: nothing the old
+    active did once it was replaced reached the journal."""
+    epochs = await journal_epochs(db_url)
+    first_new = min(seq for seq, epoch in epochs if epoch == 2)
+    assert all(epoch == 1 for seq, epoch in epochs if seq < first_new)
+    assert all(epoch == 2 for seq, epoch in epochs if seq >= first_new)
+    assert first_new > head_at_promotion - 1
+
+
 async def journal_head(db_url: str) -> int:
     return max((seq for seq, _ in await journal_epochs(db_url)), default=0)
 
@@ -194,6 +254,9 @@ def member_role(host: str) -> str | None:
         with urllib.request.urlopen(f"http://{host}:8080/readyz", timeout=1) as resp:
             return str(json.load(resp).get("role"))
     except urllib.error.HTTPError as exc:  # 503 when fenced: the body still says why
-        return str(json.load(exc).get("role"))
+        try:
+            return str(json.load(exc).get("role"))
+        except ValueError:
+            return f"HTTP {exc.code}"
     except OSError:
         return None

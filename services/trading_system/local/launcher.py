@@ -37,7 +37,7 @@ from trading_system.common.logging import configure_service_logging
 from trading_system.demo.run import INSTRUMENTS, SPECS
 from trading_system.ha import FailoverPolicy, Health
 from trading_system.local.files import write_atomically
-from trading_system.local.members import MemberCommand, MemberRegistry
+from trading_system.local.members import MemberCommand, MemberRegistry, Placement
 from trading_system.local.replicas import ReplicaSpec, ReplicaSupervisor
 from trading_system.local.supervisor import PairSpec, PairSupervisor, Routes
 
@@ -60,6 +60,8 @@ class LocalConfig:
     probe_period: float = 1.0
     probe_timeout: float = 1.0
     python: str = sys.executable
+    # Where members run; None is this host's network (see members.Placement).
+    placement: Placement | None = None
 
 
 def _base(config: LocalConfig, service: str) -> list[str]:
@@ -133,7 +135,7 @@ class LocalPipeline:
             "TRADING_SYSTEM_ADMIN_TOKEN": self.tokens["admin"],
             "TRADING_SYSTEM_MESSAGE_BUS_MODE": "rabbitmq",
         }
-        self.registry = MemberRegistry(config.directory, env)
+        self.registry = MemberRegistry(config.directory, env, config.placement)
         self.pairs = [
             self._supervisor(MATCHING, 0, matching_command(config)),
             self._supervisor(EXECUTION, 1, execution_command(config)),

@@ -18,6 +18,7 @@ import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from trading_system.local.files import write_atomically
 
@@ -25,6 +26,27 @@ SERVICE_PORT = 8080
 
 # (member name, host, port) -> the command line of that member, started as a standby.
 MemberCommand = Callable[[str, str, int], Sequence[str]]
+
+
+class Placement(Protocol):
+    """Where a member runs. The default is this host's network; a chaos test moves members
+    into network namespaces of their own so it can cut their link."""
+
+    def address(self, name: str, default: str) -> str:
+        """The address member ``name`` listens on (``default`` is its loopback address)."""
+        ...
+
+    def launch(self, name: str, argv: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(what to execute, the member's own command line as ``/proc`` will show it)."""
+        ...
+
+
+class HostNetwork:
+    def address(self, name: str, default: str) -> str:
+        return default
+
+    def launch(self, name: str, argv: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return tuple(argv), tuple(argv)
 
 
 def member_address(pair_slot: int, index: int) -> str:
@@ -78,9 +100,10 @@ def _pid_alive(pid: int, argv: Sequence[str]) -> bool:
 class MemberRegistry:
     """Starts, adopts and forgets the members of the local pipeline."""
 
-    def __init__(self, directory: Path, env: Mapping[str, str]) -> None:
+    def __init__(self, directory: Path, env: Mapping[str, str], placement: Placement | None = None) -> None:
         self.directory = directory
         self.env = dict(env)
+        self.placement = placement or HostNetwork()
         (directory / "members").mkdir(parents=True, exist_ok=True)
         (directory / "logs").mkdir(parents=True, exist_ok=True)
 
@@ -88,10 +111,11 @@ class MemberRegistry:
         return self.directory / "members" / f"{name}.json"
 
     def start(self, name: str, host: str, command: MemberCommand, port: int = SERVICE_PORT) -> MemberProcess:
-        argv = tuple(command(name, host, port))
+        host = self.placement.address(name, host)
+        executed, argv = self.placement.launch(name, command(name, host, port))
         log = self.directory / "logs" / f"{name}.log"
         popen = subprocess.Popen(
-            argv,
+            executed,
             stdout=log.open("ab"),
             stderr=subprocess.STDOUT,
             env=self.env,
