@@ -11,6 +11,7 @@ of starting a second copy.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -49,9 +50,15 @@ class HostNetwork:
         return tuple(argv), tuple(argv)
 
 
-def member_address(pair_slot: int, index: int) -> str:
-    """A loopback address per member; pairs apart by their second octet."""
-    return f"127.{1 + pair_slot}.{index // 250}.{index % 250 + 1}"
+def member_address(pair_slot: int, index: int, site: int = 0) -> str:
+    """A loopback address per member: pairs apart by their second octet, pipelines (sites)
+    by their third, so two pipelines on one machine never answer for each other."""
+    return f"127.{1 + pair_slot}.{(site + index // 250) % 250}.{index % 250 + 1}"
+
+
+def site_of(directory: Path) -> int:
+    """A pipeline's site number, stable for its directory (so adoption finds its members)."""
+    return int(hashlib.sha256(str(directory.resolve()).encode()).hexdigest(), 16) % 250
 
 
 def member_index(name: str) -> int:
@@ -104,8 +111,13 @@ class MemberRegistry:
         self.directory = directory
         self.env = dict(env)
         self.placement = placement or HostNetwork()
+        self.site = site_of(directory)
         (directory / "members").mkdir(parents=True, exist_ok=True)
         (directory / "logs").mkdir(parents=True, exist_ok=True)
+
+    def address(self, pair_slot: int, name: str) -> str:
+        """The loopback address member ``name`` of the pair in ``pair_slot`` gets."""
+        return member_address(pair_slot, member_index(name), self.site)
 
     def _record(self, name: str) -> Path:
         return self.directory / "members" / f"{name}.json"

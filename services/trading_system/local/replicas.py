@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from trading_system.local.members import (
     MemberCommand,
     MemberRegistry,
-    member_address,
     member_index,
 )
 
@@ -50,7 +49,7 @@ class ReplicaSupervisor:
         started = []
         while len(self.members) < self.spec.replicas:
             name = self._next_name()
-            host = member_address(self.spec.slot, member_index(name))
+            host = self.registry.address(self.spec.slot, name)
             self.members[name] = self.registry.start(name, host, self.spec.command)
             started.append(name)
         return started

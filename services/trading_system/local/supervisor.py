@@ -47,8 +47,6 @@ from trading_system.local.members import (
     MemberCommand,
     MemberProcess,
     MemberRegistry,
-    member_address,
-    member_index,
 )
 
 log = logging.getLogger(__name__)
@@ -200,7 +198,7 @@ class PairSupervisor:
                 return True
             case CreateStandby(name=name):
                 if name not in self.members:
-                    host = member_address(self.spec.slot, member_index(name))
+                    host = self.registry.address(self.spec.slot, name)
                     self.members[name] = self.registry.start(name, host, self.spec.command)
                 return True
             case RecordEvent(reason=reason, message=message, type=kind):

@@ -57,3 +57,15 @@ def test_a_placement_chooses_the_address_and_wraps_the_command(tmp_path: Path) -
     finally:
         member.kill()
     assert not member.alive()
+
+
+def test_two_pipelines_on_one_machine_get_different_addresses(tmp_path: Path) -> None:
+    first, second = MemberRegistry(tmp_path / "a", {}), MemberRegistry(tmp_path / "b", {})
+    if first.site == second.site:  # 1 in 250: pick another directory for the second
+        second = MemberRegistry(tmp_path / "c", {})
+    assert first.address(0, "matching-3") != second.address(0, "matching-3")
+    # The same directory (a restarted supervisor adopting its members) keeps its addresses.
+    assert MemberRegistry(tmp_path / "a", {}).address(0, "matching-3") == first.address(0, "matching-3")
+    assert first.address(0, "matching-3").startswith("127.1.") and first.address(1, "x-0").startswith(
+        "127.2."
+    )
