@@ -14,7 +14,7 @@ import json
 import signal
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -27,7 +27,7 @@ from tests.environment.postgres import PostgresServer
 from tests.environment.rabbitmq import RabbitMQCluster
 from tests.unit.bus.support import eventually
 from trading_system.ha import Phase
-from trading_system.local.members import Placement
+from trading_system.local.members import MemberProcess, Placement
 from trading_system.storage import create_engine
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
@@ -97,56 +97,59 @@ async def test_kill_the_active_matching_engine(put: PipelineUnderTest) -> None:
 async def test_pause_the_active_matching_engine_then_resume_it(put: PipelineUnderTest) -> None:
     """SIGSTOP past the failure threshold, as on a partitioned node whose pod cannot be
     deleted: the supervisor promotes the standby; the resumed old member changes nothing."""
-    pair = put.pipeline.pair("matching")
-    old = str(pair.state.active)
-    frozen = pair.members[old]
-    promoted_at: dict[str, int] = {}
-
-    async def fault(p: PipelineUnderTest) -> None:
-        del pair.members[old]  # out of the supervisor's reach: it can neither probe nor kill it
-        frozen.signal(signal.SIGSTOP)
-        await eventually(lambda: pair.state.active not in (None, old) and pair.state.phase is Phase.IDLE, 30)
-        promoted_at["seq"] = await journal_head(p.db_url)
-        frozen.signal(signal.SIGCONT)
-        await eventually(lambda: member_role(frozen.host) == "fenced", 30, what="the old member fenced")
-
-    try:
-        result, _ = await run_scenario(put, "sigstop matching active", fault)
-    finally:
-        frozen.kill()
-    assert_invariants(result)
-    await assert_only_the_new_epoch_after(put.db_url, promoted_at["seq"])
+    await run_partition_scenario(
+        put,
+        "sigstop matching active",
+        isolate=lambda member: member.signal(signal.SIGSTOP),
+        rejoin=lambda member: member.signal(signal.SIGCONT),
+    )
 
 
 async def test_cut_the_active_matching_engine_off_the_network_then_restore_it(
     rabbitmq: RabbitMQCluster, postgres_dsn: str, tmp_path: Path, isolated_matching: IsolatedMembers
 ) -> None:
-    """The active's link goes down (its process runs on, its TCP connections stall, the
-    supervisor can neither probe nor kill it): the standby is promoted. When the link comes
-    back, the old member finds itself fenced and nothing it does reaches the journal."""
+    """The active's link goes down (its process runs on, its TCP connections stall): the
+    standby is promoted. When the link comes back, the old member changes nothing."""
     async with running_pipeline(rabbitmq, postgres_dsn, tmp_path, isolated_matching) as put:
-        pair = put.pipeline.pair("matching")
-        old = str(pair.state.active)
-        cut_off = pair.members[old]
-        promoted_at: dict[str, int] = {}
+        await run_partition_scenario(
+            put,
+            "network cut matching active",
+            isolate=lambda member: isolated_matching.cut(member.name),
+            rejoin=lambda member: isolated_matching.restore(member.name),
+        )
 
-        async def fault(p: PipelineUnderTest) -> None:
-            del pair.members[old]  # a partitioned node: its pod can be neither probed nor deleted
-            isolated_matching.cut(old)
-            await eventually(
-                lambda: pair.state.active not in (None, old) and pair.state.phase is Phase.IDLE, 30
-            )
-            promoted_at["seq"] = await journal_head(p.db_url)
-            assert member_role(cut_off.host) is None  # really cut off
-            isolated_matching.restore(old)
-            await eventually(lambda: member_role(cut_off.host) == "fenced", 60, what="the old member fenced")
 
-        try:
-            result, _ = await run_scenario(put, "network cut matching active", fault)
-        finally:
-            cut_off.kill()
-        assert_invariants(result)
-        await assert_only_the_new_epoch_after(put.db_url, promoted_at["seq"])
+async def run_partition_scenario(
+    put: PipelineUnderTest,
+    name: str,
+    *,
+    isolate: Callable[[MemberProcess], None],
+    rejoin: Callable[[MemberProcess], None],
+) -> None:
+    """The active matching member is taken out of the supervisor's reach (a partitioned node
+    whose pod can be neither probed nor deleted) and ``isolate``d until the standby is
+    promoted, then ``rejoin``ed: it must report itself fenced, and nothing it did after the
+    promotion may be in the journal."""
+    pair = put.pipeline.pair("matching")
+    old = str(pair.state.active)
+    member = pair.members[old]
+    promoted_at: dict[str, int] = {}
+
+    async def fault(p: PipelineUnderTest) -> None:
+        del pair.members[old]
+        isolate(member)
+        await eventually(lambda: pair.state.active not in (None, old) and pair.state.phase is Phase.IDLE, 30)
+        promoted_at["seq"] = await journal_head(p.db_url)
+        assert member_role(member.host) is None  # really unreachable while isolated
+        rejoin(member)
+        await eventually(lambda: member_role(member.host) == "fenced", 60, what="the old member fenced")
+
+    try:
+        result, _ = await run_scenario(put, name, fault)
+    finally:
+        member.kill()
+    assert_invariants(result)
+    await assert_only_the_new_epoch_after(put.db_url, promoted_at["seq"])
 
 
 async def test_kill_the_active_execution_service(put: PipelineUnderTest) -> None:
