@@ -254,6 +254,9 @@ def service_container(
         "name": component,
         "image": spec.image.reference,
         "imagePullPolicy": spec.image.pull_policy,
+        # The image has no ENTRYPOINT (its CMD is ``trading-system --help``), so ``args``
+        # alone would make the runtime exec ``matching``: the command must be explicit.
+        "command": ["trading-system"],
         "args": [component, "serve"],
         "env": service_env(owner, spec, component),
         "ports": [{"name": "http", "containerPort": api.SERVICE_HTTP_PORT, "protocol": "TCP"}],

@@ -128,7 +128,7 @@ def test_member_pod() -> None:
     labels = pod["metadata"]["labels"]
     assert labels[api.LABEL_ROLE] == "standby" and labels[api.LABEL_PAIR] == "execution"
     container = pod["spec"]["containers"][0]
-    assert container["args"] == ["execution", "serve"]
+    assert container["command"] == ["trading-system"] and container["args"] == ["execution", "serve"]
     assert container["ports"] == [{"name": "http", "containerPort": api.SERVICE_HTTP_PORT, "protocol": "TCP"}]
     env = {e["name"]: e for e in container["env"]}
     assert env["TRADING_SYSTEM_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"] == {
