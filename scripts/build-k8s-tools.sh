@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Build the Kubernetes test tools from the Go module proxy into a version-keyed cache.
+# Build the Kubernetes test tools from the Go module proxy into a version-keyed cache:
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, the kubelet (for the
+# real-pods node, tests/environment/node.py), KWOK and helm.
 #
 # Nothing here is downloaded as a prebuilt binary: every tool is compiled from its Go
 # module, so the same script works on any machine that reaches the Go module proxy.
@@ -38,7 +40,7 @@ timed() {  # timed NAME LOGFILE CMD... : run, report the duration, show the log 
 
 wrapper_dir() { local d; d=$(mktemp -d); (cd "$d" && go mod init "$1" >/dev/null 2>&1); echo "$d"; }
 
-build_kubernetes() {
+build_kubernetes() {  # build_kubernetes BINARY... : k8s.io/kubernetes/cmd/<binary> for each
     local v=$K8S_VERSION staging="v0.${K8S_VERSION#*.}" minor
     minor=$(cut -d. -f2 <<<"$v")
     local w; w=$(wrapper_dir k8s-bins.local)
@@ -53,7 +55,7 @@ build_kubernetes() {
         # a dependency cannot use; a version-less replace to the published v0.X.Y fixes it.
         awk '{if ($1=="replace") $1=""; $0=$0} $2=="=>" && $3 ~ /^\.\/staging\// {print $1}' "$kgomod" |
             while read -r m; do go mod edit -replace="$m=$m@$staging"; done
-        local pkgs="k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl"
+        local pkgs; pkgs=$(for b in "$@"; do printf 'k8s.io/kubernetes/cmd/%s ' "$b"; done)
         go get -tool $(for p in $pkgs; do printf '%s@v%s ' "$p" "$v"; done)
         go mod tidy
         local ldf="-s -w" now; now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
@@ -96,12 +98,16 @@ total_start=$SECONDS
 [ -x "$BIN/etcd" ] || timed "etcd v$ETCD_VERSION" "$LOG_DIR/etcd.log" build_etcd
 [ -x "$BIN/kwok" ] || timed "kwok v$KWOK_VERSION" "$LOG_DIR/kwok.log" build_kwok
 [ -x "$BIN/helm" ] || timed "helm v$HELM_VERSION" "$LOG_DIR/helm.log" build_helm
-for b in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
-    if [ ! -x "$BIN/$b" ]; then
-        timed "kube-apiserver, kube-controller-manager, kube-scheduler, kubectl v$K8S_VERSION" \
-            "$LOG_DIR/kubernetes.log" build_kubernetes
-        break
-    fi
+# Control-plane binaries and the kubelet come from one wrapper module and one `go build`,
+# so a cold build shares the compile work; only the missing ones are built. The kubelet is
+# static like the rest (CGO_ENABLED=0): upstream builds it without cgo too, and nothing the
+# real-pods node uses (cgroupfs driver, CRI over a unix socket) needs cgo.
+missing=()
+for b in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet; do
+    [ -x "$BIN/$b" ] || missing+=("$b")
 done
+if [ ${#missing[@]} -gt 0 ]; then
+    timed "${missing[*]} v$K8S_VERSION" "$LOG_DIR/kubernetes.log" build_kubernetes "${missing[@]}"
+fi
 log "tools ready in $BIN ($((SECONDS - total_start)) s)"
 echo "$BIN"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what the project and its tests need on a fresh Debian machine: system packages
-# (RabbitMQ, PostgreSQL, openssl) when missing, and a virtualenv with the project installed
-# in editable mode with its test extras. Safe to re-run: it only does what is missing.
+# (RabbitMQ, PostgreSQL, openssl, containerd and what the real-pods node needs) when missing,
+# and a virtualenv with the project installed in editable mode with its test extras. Safe to
+# re-run: it only does what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,14 @@ need_apt=()
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v ip >/dev/null || need_apt+=(iproute2)
+# The real-pods node (tests/environment/node.py) and its images (scripts/build_images.py).
+# None of these start a service; the tests run a private containerd.
+command -v containerd >/dev/null || need_apt+=(containerd)
+command -v runc >/dev/null || need_apt+=(runc)
+[ -x /usr/lib/cni/bridge ] || need_apt+=(containernetworking-plugins)
+command -v iptables >/dev/null || need_apt+=(iptables)
+command -v debootstrap >/dev/null || need_apt+=(debootstrap)
+command -v gcc >/dev/null || need_apt+=(gcc libc6-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
     log "apt-get install ${need_apt[*]}"
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -1,4 +1,5 @@
-"""The real test environment: a RabbitMQ cluster, PostgreSQL and a Kubernetes control plane.
+"""The real test environment: a RabbitMQ cluster, PostgreSQL and a Kubernetes control plane
+(plus, for ``tests/pods``, a real kubelet + containerd node: ``tests/environment/node.py``).
 
 pytest fixtures (``tests/conftest.py``) start each part lazily, once per test session, the
 first time a test asks for it. ``python -m tests.environment up`` starts the same parts by

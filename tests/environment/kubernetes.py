@@ -3,7 +3,9 @@ kube-scheduler and KWOK, built from the Go module proxy by ``scripts/build-k8s-t
 
 KWOK plays the kubelet: it registers fake nodes and moves scheduled pods to Running/Ready,
 giving them addresses from a CIDR inside 127.0.0.0/8, so a test can run a real process that
-listens on a pod's IP.
+listens on a pod's IP. KWOK manages only the nodes annotated ``kwok.x-k8s.io/node: fake``
+(the ones ``add_node`` makes), so a real kubelet (``tests/environment/node.py``) can join the
+same control plane; ``ControlPlane(kwok=False)`` starts no KWOK and no fake node at all.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class ControlPlane:
     base_dir: Path
     bin_dir: Path
     nodes: int = 1
+    kwok: bool = True  # False: no KWOK and no fake nodes (a real kubelet joins instead)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -129,9 +132,10 @@ class ControlPlane:
         self._start_etcd()
         self._start_apiserver()
         self._start_controllers()
-        self._start_kwok()
-        for i in range(self.nodes):
-            self.add_node(f"kwok-node-{i}")
+        if self.kwok:
+            self._start_kwok()
+            for i in range(self.nodes):
+                self.add_node(f"kwok-node-{i}")
         wait_until(self._default_service_account_exists, 120, "kube-controller-manager to create SAs")
 
     def stop(self) -> None:
@@ -261,6 +265,8 @@ class ControlPlane:
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--allow-privileged=true",
                 "--endpoint-reconciler-type=none",
+                # A real kubelet registers a Hostname nothing resolves; logs/exec dial its IP.
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
                 "--profiling=false",
                 "--v=1",
             ],
@@ -314,7 +320,7 @@ class ControlPlane:
             [
                 str(self.bin_dir / "kwok"),
                 f"--kubeconfig={self.kubeconfig}",
-                "--manage-all-nodes=true",
+                "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
                 f"--cidr={POD_CIDR}",
                 f"--node-ip={NODE_IP}",
                 f"--config={stages}",
@@ -322,9 +328,20 @@ class ControlPlane:
             ],
         )
 
+    def issue_client_cert(self, name: str, subject: str) -> tuple[Path, Path]:
+        """A client certificate signed by the cluster CA (for a kubelet, say): (cert, key)."""
+        self._signed_cert(name, subject, None)
+        return self.pki / f"{name}.crt", self.pki / f"{name}.key"
+
+    def write_kubeconfig(self, path: Path, user: str, cert: Path, key: Path) -> None:
+        """A kubeconfig for this cluster that authenticates with ``cert``/``key``."""
+        config = self._kubeconfig_for(user, cert, key)
+        path.write_text(json.dumps(config, indent=2))
+
     def _node_ready(self, name: str) -> bool:
         for proc in ("kwok", "kube-controller-manager", "kube-scheduler"):
-            self._check_alive(proc)
+            if proc in self.processes:
+                self._check_alive(proc)
         node = json.loads(self.kubectl("get", "node", name, "-o", "json"))
         return any(
             c["type"] == "Ready" and c["status"] == "True" for c in node["status"].get("conditions", [])
@@ -406,7 +423,12 @@ class ControlPlane:
 
     def _write_kubeconfig(self) -> None:
         p = self.pki
-        config = {
+        config = self._kubeconfig_for("ts-admin", p / "admin.crt", p / "admin.key")
+        self.kubeconfig.write_text(json.dumps(config, indent=2))
+
+    def _kubeconfig_for(self, user: str, cert: Path, key: Path) -> dict[str, object]:
+        p = self.pki
+        return {
             "apiVersion": "v1",
             "kind": "Config",
             "current-context": "ts-test",
@@ -419,12 +441,6 @@ class ControlPlane:
                     },
                 }
             ],
-            "users": [
-                {
-                    "name": "ts-admin",
-                    "user": {"client-certificate": str(p / "admin.crt"), "client-key": str(p / "admin.key")},
-                }
-            ],
-            "contexts": [{"name": "ts-test", "context": {"cluster": "ts-test", "user": "ts-admin"}}],
+            "users": [{"name": user, "user": {"client-certificate": str(cert), "client-key": str(key)}}],
+            "contexts": [{"name": "ts-test", "context": {"cluster": "ts-test", "user": user}}],
         }
-        self.kubeconfig.write_text(json.dumps(config, indent=2))
