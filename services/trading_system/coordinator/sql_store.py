@@ -8,14 +8,18 @@ change it caused, and every vote with its participant and reason, with timestamp
 
 Every save is fenced by the lease: ``UPDATE ... WHERE lease_owner = me``; a replica
 whose lease was taken over writes nothing and stops (``LeaseLostError``).
+
+Given a ``GroupCommitter``, the writes of concurrent steps (create, claim, save,
+release, the outbox flag, audit rows) share database transactions (group commit); each
+call still returns only once its own write is committed.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Boolean,
@@ -36,6 +40,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from trading_system.coordinator.bulk import Write
+from trading_system.coordinator.group_commit import Batch, GroupCommitter
 from trading_system.coordinator.protocol import (
     TERMINAL_PHASES,
     HistoryEntry,
@@ -57,6 +63,7 @@ from trading_system.pipeline.orders import OrderRequest
 from trading_system.storage import Migration, migrate, transaction
 from trading_system.storage.dialect import insert_or_ignore
 
+T = TypeVar("T")
 COORDINATOR_COMPONENT = "coordinator"
 coordinator_metadata = MetaData()
 
@@ -207,8 +214,26 @@ def _record(row: Row[Any], history: Iterable[HistoryEntry] = ()) -> TxnRecord:
 
 
 class SqlStore:
-    def __init__(self, db: AsyncEngine) -> None:
+    def __init__(self, db: AsyncEngine, committer: GroupCommitter | None = None) -> None:
         self.db = db
+        self.committer = committer
+
+    async def close(self) -> None:
+        if self.committer is not None:
+            await self.committer.close()
+
+    async def _write(self, write: Write, operation: Callable[[Batch], Awaitable[T]]) -> T:
+        """Run a write in a committed transaction: a group commit's, or its own.
+
+        ``write`` says the same as ``operation`` for the group commit's set-based form.
+        """
+        if self.committer is not None:
+            return await self.committer.run(write.txn_id, operation, write)
+        async with transaction(self.db) as conn:
+            work = Batch(conn)
+            result = await operation(work)
+            await work.flush()
+            return result
 
     async def create(
         self,
@@ -231,33 +256,57 @@ class SqlStore:
             "lease_expires_at": now + ttl,
             **_columns(txn, deadline),
         }
-        async with transaction(self.db) as conn:
+        created = {
+            "txn_id": txn.txn_id,
+            "at": now,
+            "kind": "event",
+            "name": "Created",
+            "from_phase": None,
+            "to_phase": txn.phase.value,
+            "participant": None,
+            "vote": None,
+            "detail": "",
+            "replica": owner,
+        }
+
+        async def insert(work: Batch) -> bool:
             # Two replicas may get the same request (a redelivery): one insert wins.
-            insert = insert_or_ignore(conn.dialect.name, txns, ["txn_id"]).values(**values)
-            if (await conn.execute(insert.returning(txns.c.txn_id))).first() is None:
+            statement = insert_or_ignore(work.conn.dialect.name, txns, ["txn_id"]).values(**values)
+            if (await work.conn.execute(statement.returning(txns.c.txn_id))).first() is None:
                 return False
-            created = {"txn_id": txn.txn_id, "at": now, "kind": "event", "name": "Created"}
-            await conn.execute(txn_events.insert().values(**created, to_phase=txn.phase.value, replica=owner))
-        return True
+            work.later(txn_events, [created])
+            return True
+
+        return await self._write(Write("create", txn.txn_id, owner, values, (created,)), insert)
 
     async def claim(self, txn_id: str, owner: str, now: float, ttl: float) -> Claim | None:
         # One conditional UPDATE: SET's right-hand sides read the old row, so
         # lease_previous keeps the owner this claim replaced.
         free = or_(txns.c.lease_owner.is_(None), txns.c.lease_owner == owner, txns.c.lease_expires_at < now)
-        claim = (
+        claimable = and_(txns.c.txn_id == txn_id, txns.c.phase.in_(OPEN_PHASES), free)
+        # A row another writer has changed but not committed yet (its step's save or
+        # release is in a group commit) is skipped, not waited for: waiting would stall
+        # this whole batch behind the other one. Skipped counts as busy: retried shortly.
+        unlocked = select(txns.c.txn_id).where(claimable).with_for_update(skip_locked=True).scalar_subquery()
+        statement = (
             update(txns)
-            .where(txns.c.txn_id == txn_id, txns.c.phase.in_(OPEN_PHASES), free)
+            .where(claimable, txns.c.txn_id == unlocked)
             .values(lease_previous=txns.c.lease_owner, lease_owner=owner, lease_expires_at=now + ttl)
             .returning(txns.c.state_json, txns.c.order_json, txns.c.lease_previous)
         )
-        async with transaction(self.db) as conn:
-            row = (await conn.execute(claim)).first()
+
+        async def take(work: Batch) -> Row[Any] | None:
+            row = (await work.conn.execute(statement)).first()
             if row is None:
                 query = select(txns.c.phase).where(txns.c.txn_id == txn_id)
-                phase = (await conn.execute(query)).scalar_one_or_none()
+                phase = (await work.conn.execute(query)).scalar_one_or_none()
                 if phase is not None and phase in OPEN_PHASES:
                     raise LeaseBusyError(txn_id)
-                return None
+            return row
+
+        row = await self._write(Write("claim", txn_id, owner, {"now": now, "expires": now + ttl}), take)
+        if row is None:
+            return None
         order = order_from_dict(json.loads(row.order_json))
         previous = row.lease_previous
         return Claim(_transaction(row), order, is_takeover(previous, owner), previous)
@@ -273,34 +322,50 @@ class SqlStore:
         deadline: float | None,
     ) -> None:
         lease = {"lease_owner": None, "lease_expires_at": 0.0} if release else {"lease_expires_at": now + ttl}
-        async with transaction(self.db) as conn:
-            result = await conn.execute(
-                update(txns)
-                .where(txns.c.txn_id == after.txn_id, txns.c.lease_owner == owner)
-                .values(**_columns(after, deadline), **lease, updated_at=now, version=txns.c.version + 1)
-            )
+        statement = (
+            update(txns)
+            .where(txns.c.txn_id == after.txn_id, txns.c.lease_owner == owner)
+            .values(**_columns(after, deadline), **lease, updated_at=now, version=txns.c.version + 1)
+        )
+        rows = _event_rows(before, after, owner)
+
+        async def write(work: Batch) -> None:
+            result = await work.conn.execute(statement)
             if result.rowcount != 1:
-                raise LeaseLostError(after.txn_id)
-            rows = _event_rows(before, after, owner)
-            if rows:
-                await conn.execute(txn_events.insert(), rows)
+                raise LeaseLostError(after.txn_id)  # before any other write: nothing to undo
+            work.later(txn_events, rows)
+
+        bulk = {
+            **_columns(after, deadline),
+            "now": now,
+            "release": release,
+            "expires": lease["lease_expires_at"],
+        }
+        await self._write(Write("save", after.txn_id, owner, bulk, rows), write)
 
     async def release(self, txn_id: str, owner: str) -> None:
-        async with transaction(self.db) as conn:
-            await conn.execute(
-                update(txns)
-                .where(txns.c.txn_id == txn_id, txns.c.lease_owner == owner)
-                .values(lease_owner=None, lease_expires_at=0.0)
-            )
+        statement = (
+            update(txns)
+            .where(txns.c.txn_id == txn_id, txns.c.lease_owner == owner)
+            .values(lease_owner=None, lease_expires_at=0.0)
+        )
+
+        async def write(work: Batch) -> None:
+            await work.conn.execute(statement)
+
+        await self._write(Write("release", txn_id, owner), write)
 
     async def renew(self, owner: str, txn_ids: Collection[str], now: float, ttl: float) -> int:
         if not txn_ids:
             return 0
+        mine = and_(txns.c.lease_owner == owner, txns.c.txn_id.in_(sorted(txn_ids)))
+        # A row locked by another transaction is in one of this replica's group commits
+        # right now (a save renews the lease itself, a release ends it): skip it rather
+        # than wait, and never hold rows a batch is waiting for (a deadlock).
+        unlocked = select(txns.c.txn_id).where(mine).order_by(txns.c.txn_id).with_for_update(skip_locked=True)
         async with transaction(self.db) as conn:
             result = await conn.execute(
-                update(txns)
-                .where(txns.c.lease_owner == owner, txns.c.txn_id.in_(list(txn_ids)))
-                .values(lease_expires_at=now + ttl)
+                update(txns).where(mine, txns.c.txn_id.in_(unlocked)).values(lease_expires_at=now + ttl)
             )
         return int(result.rowcount)
 
@@ -330,8 +395,12 @@ class SqlStore:
             return [_record(row) for row in await conn.execute(query)]
 
     async def mark_published(self, txn_id: str) -> None:
-        async with transaction(self.db) as conn:
-            await conn.execute(update(txns).where(txns.c.txn_id == txn_id).values(outcome_published=True))
+        statement = update(txns).where(txns.c.txn_id == txn_id).values(outcome_published=True)
+
+        async def write(work: Batch) -> None:
+            await work.conn.execute(statement)
+
+        await self._write(Write("published", txn_id), write)
 
     async def recent_orders(self, account: str, since: float, exclude: str) -> int:
         query = select(func.count()).where(
@@ -341,16 +410,15 @@ class SqlStore:
             return int((await conn.execute(query)).scalar_one())
 
     async def record_audit(self, entry: AuditEntry) -> None:
-        async with transaction(self.db) as conn:
-            await conn.execute(
-                audit.insert().values(
-                    txn_id=entry.txn_id,
-                    at=entry.at,
-                    action=entry.action,
-                    actor=entry.actor,
-                    reason=entry.reason,
-                )
-            )
+        statement = audit.insert().values(
+            txn_id=entry.txn_id, at=entry.at, action=entry.action, actor=entry.actor, reason=entry.reason
+        )
+
+        async def write(work: Batch) -> None:
+            await work.conn.execute(statement)
+
+        values = {"at": entry.at, "action": entry.action, "actor": entry.actor, "reason": entry.reason}
+        await self._write(Write("audit", entry.txn_id, values=values), write)
 
     # -- operators' views -----------------------------------------------------------------
 

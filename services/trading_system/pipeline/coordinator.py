@@ -176,11 +176,14 @@ class CoordinatorDriver:
         self._sweeper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def start(self, *, await_events: bool = False) -> None:
+    async def start(self, *, await_events: bool = False, concurrency: int = 32) -> None:
         """``await_events``: handle venue events before acknowledging them (a service
-        replica must, or a crash loses them); the demo lets them run concurrently."""
+        replica must, or a crash loses them); the demo lets them run concurrently.
+        ``concurrency``: venue messages handled at once when awaited."""
         handler = self.handle_events_now if await_events else self.handle_events
-        await self.bus.subscribe(self.names.coordinator, handler, concurrency=32 if await_events else 1)
+        await self.bus.subscribe(
+            self.names.coordinator, handler, concurrency=concurrency if await_events else 1
+        )
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="coordinator-timeouts")
 
     async def stop(self) -> None:

@@ -9,6 +9,8 @@ import pytest
 
 from tests.unit.coordinator.world import World, order, snapshot
 from trading_system.coordinator import protocol as p
+from trading_system.coordinator.group_commit import GroupCommitter
+from trading_system.coordinator.service.app import CoordinatorConfig, CoordinatorService
 from trading_system.coordinator.service.cli import add_coordinator_parser, config_from_args, main
 from trading_system.coordinator.sql_store import SqlStore
 from trading_system.ledger import HoldState, get_hold
@@ -138,3 +140,37 @@ def test_serve_flags_build_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.http_port == 8080 and config.lease.ttl == 2 and config.timeouts.pre_commit == 7
     assert config.risk.max_orders == 5 and config.crash_at is p.Phase.PRE_COMMIT
     assert set(config.instruments) == {"BTC-USD", "ETH-USD", "SOL-USD"}
+    assert config.commit_writers == 2 and config.concurrency == 64  # group commit on by default
+
+
+def _serve_config(argv: list[str]) -> CoordinatorConfig:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_coordinator_parser(parser.add_subparsers(dest="command"))
+    return config_from_args(parser.parse_args(["coordinator", "serve", "--db-url", "sqlite://", *argv]))
+
+
+def test_group_commit_settings_come_from_flags_or_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRADING_SYSTEM_COORDINATOR_COMMIT_WRITERS", "0")
+    monkeypatch.setenv("TRADING_SYSTEM_COORDINATOR_CONCURRENCY", "32")
+    config = _serve_config([])
+    assert config.commit_writers == 0 and config.concurrency == 32
+    config = _serve_config(["--commit-writers", "3", "--concurrency", "100"])
+    assert config.commit_writers == 3 and config.concurrency == 100
+    monkeypatch.setenv("TRADING_SYSTEM_COORDINATOR_CONCURRENCY", "many")
+    with pytest.raises(SystemExit, match="CONCURRENCY must be an integer"):
+        _serve_config([])
+
+
+async def test_the_service_group_commits_its_store_writes_unless_told_not_to() -> None:
+    on = CoordinatorService(CoordinatorConfig(db_url="sqlite+aiosqlite://", bus_mode="in_memory"))
+    off = CoordinatorService(
+        CoordinatorConfig(db_url="sqlite+aiosqlite://", bus_mode="in_memory", commit_writers=0)
+    )
+    try:
+        assert isinstance(on.store.committer, GroupCommitter) and on.store.committer.writers == 2
+        assert off.store.committer is None
+    finally:
+        for service in (on, off):
+            await service.db.dispose()

@@ -9,6 +9,7 @@ import pytest
 import pytest_asyncio
 
 from trading_system.coordinator import protocol as p
+from trading_system.coordinator.group_commit import GroupCommitter
 from trading_system.coordinator.sql_store import SqlStore, migrate_coordinator
 from trading_system.coordinator.store import (
     AuditEntry,
@@ -30,14 +31,16 @@ ORDER = OrderRequest("o-1", "alice", "BTC-USD", Side.BUY, 2, 30_000)
 T0, TTL = 1_000.0, 5.0
 
 
-@pytest_asyncio.fixture(params=["memory", "sqlite"], loop_scope="function")
+@pytest_asyncio.fixture(params=["memory", "sqlite", "sqlite-group-commit"], loop_scope="function")
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[TransactionStore]:
     if request.param == "memory":
         yield MemoryStore()
         return
     db = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'c.db'}")
     await migrate_coordinator(db)
-    yield SqlStore(db)
+    sql = SqlStore(db, GroupCommitter(db) if request.param == "sqlite-group-commit" else None)
+    yield sql
+    await sql.close()
     await db.dispose()
 
 

@@ -39,6 +39,19 @@ from trading_system.pipeline.coordinator import LeaseSettings
 from trading_system.pipeline.orders import RiskLimits
 
 DEFAULT_INSTRUMENTS = ("BTC-USD:BTC:USD", "ETH-USD:ETH:USD", "SOL-USD:SOL:USD")
+COMMIT_WRITERS_ENV = "TRADING_SYSTEM_COORDINATOR_COMMIT_WRITERS"
+CONCURRENCY_ENV = "TRADING_SYSTEM_COORDINATOR_CONCURRENCY"
+
+
+def _env_int(name: str, default: int) -> int:
+    """A flag's default from the environment (the chart, or a benchmark comparing settings)."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise SystemExit(f"{name} must be an integer, got {value!r}") from None
 
 
 def parse_instrument(text: str) -> Instrument:
@@ -107,6 +120,18 @@ def _add_serve(sub: Any, env: ServiceEnvironment) -> None:
     )
     serve.add_argument("--claim-wait", type=float, default=10.0)
     serve.add_argument("--sweep-interval", type=float, default=0.25)
+    serve.add_argument(
+        "--commit-writers",
+        type=int,
+        default=_env_int(COMMIT_WRITERS_ENV, 2),
+        help=f"group-commit batches in flight at once, 0: one commit per step (${COMMIT_WRITERS_ENV})",
+    )
+    serve.add_argument(
+        "--concurrency",
+        type=int,
+        default=_env_int(CONCURRENCY_ENV, 64),
+        help=f"messages per queue handled at once, <= prefetch (${CONCURRENCY_ENV})",
+    )
     serve.add_argument("--max-qty", type=int, default=RiskLimits().max_qty)
     serve.add_argument("--max-notional", type=int, default=RiskLimits().max_notional, help="max order value")
     serve.add_argument("--max-position", type=int, default=None)
@@ -152,6 +177,8 @@ def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
         ),
         lease=LeaseSettings(ttl=args.lease_ttl, claim_wait=args.claim_wait),
         sweep_interval=args.sweep_interval,
+        commit_writers=args.commit_writers,
+        concurrency=args.concurrency,
         renew_interval=max(args.lease_ttl / 3, 0.05),
         crash_at=Phase(crash) if crash else None,
     )
