@@ -298,6 +298,19 @@ async def _settled_cover(db: Any, trades: set[str]) -> bool:
     return trades <= await _settled(db)
 
 
+def assert_invariants(result: ScenarioResult) -> None:
+    """Record the scenario's row, then DESIGN.md section 7: nothing lost, stuck, doubled,
+    unsettled or broken."""
+    write_result(result)
+    print(result.row())
+    assert result.acknowledged > 0
+    assert result.lost == 0, result
+    assert result.stuck_pending == 0, result
+    assert result.duplicate_trades == 0, result
+    assert result.unsettled_trades == 0, result
+    assert result.settlement_breaks == 0, result
+
+
 def write_result(result: ScenarioResult) -> None:
     """One JSON line per scenario run, collected into docs/chaos.md by hand."""
     RESULTS.mkdir(exist_ok=True)

@@ -21,7 +21,7 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import text
 
-from tests.chaos.harness import PipelineUnderTest, ScenarioResult, run_scenario, write_result
+from tests.chaos.harness import PipelineUnderTest, assert_invariants, run_scenario
 from tests.chaos.netns import IsolatedMembers, namespaces_supported
 from tests.environment.postgres import PostgresServer
 from tests.environment.rabbitmq import RabbitMQCluster
@@ -64,17 +64,6 @@ def isolated_matching() -> Iterator[IsolatedMembers]:
         yield placement
     finally:
         placement.close()
-
-
-def assert_invariants(result: ScenarioResult) -> None:
-    write_result(result)
-    print(result.row())
-    assert result.acknowledged > 0
-    assert result.lost == 0, result
-    assert result.stuck_pending == 0, result
-    assert result.duplicate_trades == 0, result
-    assert result.unsettled_trades == 0, result
-    assert result.settlement_breaks == 0, result
 
 
 async def test_steady_load_without_faults(put: PipelineUnderTest) -> None:
