@@ -304,7 +304,9 @@ class PodRunner:
         for entry in container.get("env") or []:
             env[entry["name"]] = self._env_value(pod, entry)
         env.update(self.env_overrides)
-        env = {name: _under_mounts(value, mounts) for name, value in env.items()}
+        # PATH names this machine's directories standing in for the image's, never a volume
+        # (a checkout under /tmp would otherwise be "inside" the pod's /tmp emptyDir).
+        env = {name: value if name == "PATH" else _under_mounts(value, mounts) for name, value in env.items()}
         argv = [*(container.get("command") or []), *(container.get("args") or [])]
         if not argv:
             raise NotYet("the container has neither command nor args")
