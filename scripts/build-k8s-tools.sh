@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the Kubernetes test tools from the Go module proxy into a version-keyed cache:
-# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, the kubelet (for the
-# real-pods node, tests/environment/node.py), KWOK and helm.
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, the kubelet and
+# kube-proxy and CoreDNS (for the real-pods node, tests/environment/node.py), KWOK and helm.
 #
 # Nothing here is downloaded as a prebuilt binary: every tool is compiled from its Go
 # module, so the same script works on any machine that reaches the Go module proxy.
@@ -14,6 +14,7 @@ K8S_VERSION=${K8S_VERSION:-1.36.3}
 ETCD_VERSION=${ETCD_VERSION:-3.6.8}
 KWOK_VERSION=${KWOK_VERSION:-0.8.0}
 HELM_VERSION=${HELM_VERSION:-3.21.4}
+COREDNS_VERSION=${COREDNS_VERSION:-1.15.0}
 CACHE_ROOT=${TRADING_SYSTEM_CACHE:-$HOME/.cache/trading-system}
 TOOLS_KEY="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}"
 BIN="$CACHE_ROOT/tools/$TOOLS_KEY/bin"
@@ -94,16 +95,32 @@ build_helm() {
     GOBIN="$BIN" go install -trimpath -ldflags "$ldf" "helm.sh/helm/v3/cmd/helm@v$HELM_VERSION"
 }
 
+# CoreDNS is not part of the cache key (that would rebuild everything else): its binary sits
+# next to the others with a version stamp, so a version bump rebuilds CoreDNS alone.
+build_coredns() {
+    local w; w=$(wrapper_dir coredns-bin.local)
+    (
+        cd "$w"
+        # The plugins compiled in are upstream's plugin.cfg (kubernetes, forward, cache, ...).
+        go get -tool "github.com/coredns/coredns@v$COREDNS_VERSION"
+        go build -trimpath -buildvcs=false -ldflags "-s -w" -o "$BIN/coredns" github.com/coredns/coredns
+    )
+    rm -rf "$w"
+    touch "$BIN/../coredns-v$COREDNS_VERSION"
+}
+
 total_start=$SECONDS
 [ -x "$BIN/etcd" ] || timed "etcd v$ETCD_VERSION" "$LOG_DIR/etcd.log" build_etcd
 [ -x "$BIN/kwok" ] || timed "kwok v$KWOK_VERSION" "$LOG_DIR/kwok.log" build_kwok
 [ -x "$BIN/helm" ] || timed "helm v$HELM_VERSION" "$LOG_DIR/helm.log" build_helm
-# Control-plane binaries and the kubelet come from one wrapper module and one `go build`,
+[ -x "$BIN/coredns" ] && [ -e "$BIN/../coredns-v$COREDNS_VERSION" ] ||
+    timed "coredns v$COREDNS_VERSION" "$LOG_DIR/coredns.log" build_coredns
+# Control-plane binaries, the kubelet and kube-proxy come from one wrapper module and one `go build`,
 # so a cold build shares the compile work; only the missing ones are built. The kubelet is
 # static like the rest (CGO_ENABLED=0): upstream builds it without cgo too, and nothing the
 # real-pods node uses (cgroupfs driver, CRI over a unix socket) needs cgo.
 missing=()
-for b in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet; do
+for b in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; do
     [ -x "$BIN/$b" ] || missing+=("$b")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -1,6 +1,6 @@
 """Build the container images for the real-pods tests without a registry or a container engine.
 
-    python3 scripts/build_images.py                 # build (or reuse) all three, print archives
+    python3 scripts/build_images.py                 # build (or reuse) all four, print archives
     python3 scripts/build_images.py --import SOCK   # ... and `ctr -n k8s.io images import` them
 
 Images:
@@ -13,13 +13,17 @@ Images:
   USER, LABEL, EXPOSE, CMD, ENTRYPOINT) that runs each RUN in a chroot, so the Dockerfile
   stays the one description of the image; a Dockerfile change shows up here without a
   second list to keep in step.
-* ``localhost/trading-system/rabbitmq:3.10``: Debian's ``rabbitmq-server`` on the same base,
-  described by the small Dockerfile text below.
+* ``localhost/trading-system/rabbitmq:4.0``: Debian trixie's ``rabbitmq-server`` 4.0.5, set up
+  as the operator's StatefulSet expects of the official image (RABBITMQ_DOCKERFILE below).
+* ``localhost/trading-system/postgres:17``: Debian trixie's PostgreSQL 17 with an entry point
+  that does what the official image's does for the operator's dev database
+  (POSTGRES_DOCKERFILE below, ``scripts/postgres-entrypoint.sh``).
 
 ``python:<v>-slim-bookworm`` and ``debian:bookworm-slim`` both map to one Debian bookworm
 minbase rootfs made by ``debootstrap`` against the mirror apt already uses, with Python,
-its venv module and headers (what the python image has) added; it is built once and reused by
-both images. Everything is cached under ``~/.cache/trading-system/images`` by a hash of its
+its venv module and headers (what the python image has) added; ``debian:trixie(-slim)`` maps
+to a trixie minbase rootfs from the same mirror. Each base is built once and shared.
+Everything is cached under ``~/.cache/trading-system/images`` by a hash of its
 inputs (base: suite, mirror, packages; images: the Dockerfile and every file its COPY lines
 read, after .dockerignore), so an unchanged image costs a few hashes. Archives are docker
 archives (``docker save`` layout, one layer) that ``ctr images import`` reads. Like Docker's
@@ -56,16 +60,24 @@ KEEP_SNAPSHOTS = 8  # a build of both images uses 5; older ones are pruned
 KEEP_IMAGES = 2  # archives per image
 FORMAT_VERSION = "1"  # bump when this script changes what it produces
 
-SUITE = "bookworm"
+SUITE = "bookworm"  # the host's suite and the project image's base
 DEBIAN_PYTHON = "3.11"  # bookworm's python3
 BASE_PACKAGES = ["python3", "python3-venv", "python-is-python3", "libpython3.11-dev", "ca-certificates"]
-# Image references in a Dockerfile's FROM that this base stands in for.
-BASE_ALIASES = [rf"python:{re.escape(DEBIAN_PYTHON)}(\.\d+)?-slim-{SUITE}", rf"debian:{SUITE}(-slim)?"]
+# Debian suites a FROM may map onto, with what their minbase rootfs gets beyond debootstrap's
+# own, and the image references each stands in for. trixie (Debian 13) carries RabbitMQ 4.0
+# and PostgreSQL 17, which the operator's manifests need (bookworm has 3.10 and 15).
+SUITE_PACKAGES = {SUITE: BASE_PACKAGES, "trixie": ["ca-certificates"]}
+SUITE_ALIASES = {
+    SUITE: [rf"python:{re.escape(DEBIAN_PYTHON)}(\.\d+)?-slim-{SUITE}", rf"debian:{SUITE}(-slim)?"],
+    "trixie": [r"debian:trixie(-slim)?"],
+}
+BASE_ALIASES = [alias for aliases in SUITE_ALIASES.values() for alias in aliases]
 DEFAULT_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 
 PAUSE_REF = "localhost/trading-system/pause:3.10"
 PROJECT_REF = "trading-system:dev"
-RABBITMQ_REF = "localhost/trading-system/rabbitmq:3.10"
+RABBITMQ_REF = "localhost/trading-system/rabbitmq:4.0"
+POSTGRES_REF = "localhost/trading-system/postgres:17"
 
 PAUSE_C = r"""
 #include <signal.h>
@@ -83,16 +95,53 @@ int main(void) {
 }
 """
 
+# What the operator's StatefulSet (operator/trading_operator/manifests/rabbitmq.py) expects
+# of the official rabbitmq image: uid/gid 999, HOME and data under /var/lib/rabbitmq, config
+# from /etc/rabbitmq/conf.d, logs to stdout, `rabbitmq-server` as the command and the CLI
+# tools (rabbitmq-upgrade for the preStop hook) on PATH, the management, prometheus and
+# peer-discovery-k8s plugins (Debian ships every bundled plugin). 4.x is needed for the
+# quorum_queue.continuous_membership_reconciliation settings (>= 3.13).
 RABBITMQ_DOCKERFILE = """
-FROM debian:bookworm-slim
-RUN apt-get update -qq \\
+FROM debian:trixie-slim
+RUN groupadd --system --gid 999 rabbitmq \\
+ && useradd --system --uid 999 --gid 999 --home-dir /var/lib/rabbitmq --shell /usr/sbin/nologin rabbitmq \\
+ && apt-get update -qq \\
  && DEBIAN_FRONTEND=noninteractive \\
     apt-get install -y -qq --no-install-recommends rabbitmq-server >/dev/null \\
- && apt-get clean && rm -rf /var/lib/apt/lists/*
-ENV RABBITMQ_LOGS=- HOME=/var/lib/rabbitmq
-USER rabbitmq
-EXPOSE 5672 15672 25672
-CMD ["/usr/lib/rabbitmq/bin/rabbitmq-server"]
+ && apt-get clean && rm -rf /var/lib/apt/lists/* \\
+ && mkdir -p /etc/rabbitmq/conf.d /var/lib/rabbitmq/mnesia \\
+ && printf 'loopback_users.guest = false\\nlisteners.tcp.default = 5672\\n' \\
+    > /etc/rabbitmq/conf.d/10-defaults.conf \\
+ && chown -R rabbitmq:rabbitmq /var/lib/rabbitmq /etc/rabbitmq \\
+ && test -x /usr/lib/rabbitmq/bin/rabbitmq-upgrade
+ENV RABBITMQ_LOGS=- HOME=/var/lib/rabbitmq RABBITMQ_DATA_DIR=/var/lib/rabbitmq \\
+    PATH=/usr/lib/rabbitmq/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+USER 999:999
+EXPOSE 4369 5672 15672 15692 25672
+CMD ["rabbitmq-server"]
+"""
+
+# What the operator's dev database (operator/trading_operator/manifests/postgres.py) uses of
+# the official postgres image: uid/gid 999, POSTGRES_USER/POSTGRES_DB/POSTGRES_PASSWORD and
+# PGDATA honoured on first start (initdb, password auth from anywhere), a read-only root file
+# system (sockets in /var/run/postgresql), and pg_isready on PATH.
+POSTGRES_DOCKERFILE = """
+FROM debian:trixie-slim
+RUN groupadd --system --gid 999 postgres \\
+ && useradd --system --uid 999 --gid 999 --home-dir /var/lib/postgresql --shell /bin/sh postgres \\
+ && apt-get update -qq \\
+ && DEBIAN_FRONTEND=noninteractive \\
+    apt-get install -y -qq --no-install-recommends postgresql-17 >/dev/null \\
+ && apt-get clean && rm -rf /var/lib/apt/lists/* \\
+ && mkdir -p /var/lib/postgresql/data /var/run/postgresql \\
+ && chown -R postgres:postgres /var/lib/postgresql /var/run/postgresql
+COPY scripts/postgres-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
+ENV PGDATA=/var/lib/postgresql/data \\
+    PATH=/usr/lib/postgresql/17/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+USER 999:999
+EXPOSE 5432
+ENTRYPOINT ["/usr/local/bin/docker-entrypoint.sh"]
+CMD ["postgres"]
 """
 
 
@@ -146,16 +195,39 @@ def debian_mirror() -> str:
     return "http://deb.debian.org/debian"
 
 
-def base_rootfs() -> Path:
-    mirror = debian_mirror()
-    key = digest(FORMAT_VERSION, SUITE, mirror, *BASE_PACKAGES)
-    out = CACHE / f"base-{SUITE}-{key}"
+def suite_of(ref: str) -> str:
+    for suite, aliases in SUITE_ALIASES.items():
+        if any(re.fullmatch(alias, ref) for alias in aliases):
+            return suite
+    raise SystemExit(f"FROM {ref}: only {BASE_ALIASES} map onto a debootstrap base")
+
+
+def from_suites(text: str) -> list[str]:
+    """The suites the Dockerfile's FROM lines map onto (ARGs expanded), in order."""
+    args: dict[str, str] = {}
+    suites: list[str] = []
+    for inst in parse_dockerfile(text):
+        if inst.op == "ARG":
+            args.update(key_values(inst.args, args))
+        elif inst.op == "FROM":
+            ref = expand(inst.args, args).split()[0]
+            suite = suite_of(ref)
+            if suite not in suites:
+                suites.append(suite)
+    return suites
+
+
+def base_rootfs(suite: str = SUITE) -> Path:
+    mirror = debian_mirror()  # the host's archive serves every suite
+    packages = SUITE_PACKAGES[suite]
+    key = digest(FORMAT_VERSION, suite, mirror, *packages)
+    out = CACHE / f"base-{suite}-{key}"
     rootfs = out / "rootfs"
     if (out / "done").exists():
         return rootfs
     safe_rmtree(out)
     out.mkdir(parents=True)
-    log(f"debootstrap --variant=minbase {SUITE} from {mirror} (once; cached as {out.name}) ...")
+    log(f"debootstrap --variant=minbase {suite} from {mirror} (once; cached as {out.name}) ...")
     start = time.monotonic()
     # In a private mount namespace: the /proc and /sys debootstrap mounts die with it,
     # even if it fails half-way (a leftover bind mount under a tree rmtree walks is a hazard).
@@ -164,8 +236,8 @@ def base_rootfs() -> Path:
             *PRIVATE_MOUNTS,
             "debootstrap",
             "--variant=minbase",
-            f"--include={','.join(BASE_PACKAGES)}",
-            SUITE,
+            f"--include={','.join(packages)}",
+            suite,
             str(rootfs),
             mirror,
         ],
@@ -350,7 +422,7 @@ def copy_into(src: Path, dest: Path) -> None:
         shutil.copy2(src, dest)
 
 
-def build_dockerfile(dockerfile_text: str, context: Path, work: Path, base: Path) -> Stage:
+def build_dockerfile(dockerfile_text: str, context: Path, work: Path, bases: dict[str, Path]) -> Stage:
     instructions = parse_dockerfile(dockerfile_text)
     patterns = dockerignore(context)
     args: dict[str, str] = {}
@@ -366,10 +438,10 @@ def build_dockerfile(dockerfile_text: str, context: Path, work: Path, base: Path
                 words[0],
                 (words[2] if len(words) >= 3 and words[1].upper() == "AS" else str(len(stages))),
             )
-            if not any(re.fullmatch(alias, ref) for alias in BASE_ALIASES):
-                raise SystemExit(f"FROM {ref}: only {BASE_ALIASES} map onto the debootstrap base")
+            suite = suite_of(ref)
+            base = bases[suite]
             rootfs = work / f"stage-{name}"
-            log(f"stage {name}: FROM {ref} -> debootstrap {SUITE} base")
+            log(f"stage {name}: FROM {ref} -> debootstrap {suite} base")
             sh(["cp", "-a", "--reflink=auto", str(base), str(rootfs)])
             stage = stages[name] = Stage(name, rootfs, key=digest(base.parent.name, ref, json.dumps(args)))
             continue
@@ -529,12 +601,13 @@ def image_config(stage: Stage) -> dict[str, object]:
 def build_from_dockerfile(
     label: str, text: str, context: Path, refs: list[str], extra_key: list[str]
 ) -> Path:
-    base = base_rootfs()
+    bases = {suite: base_rootfs(suite) for suite in from_suites(text)}
     sources = copy_sources(parse_dockerfile(text))
     h = hashlib.sha256()
     for file in context_files(context, sources, dockerignore(context)):
         h.update(file.relative_to(context).as_posix().encode() + b"\0" + file.read_bytes() + b"\0")
-    key = digest(FORMAT_VERSION, base.parent.name, text, h.hexdigest(), *refs, *extra_key)
+    base_names = ",".join(base.parent.name for base in bases.values())
+    key = digest(FORMAT_VERSION, base_names, text, h.hexdigest(), *refs, *extra_key)
     out = CACHE / f"{label}-{key}" / "image.tar"
     if out.exists():
         log(f"{label}: cached ({out.parent.name})")
@@ -545,7 +618,7 @@ def build_from_dockerfile(
     (CACHE / "work").mkdir(exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=CACHE / "work"))
     try:
-        final = build_dockerfile(text, context, work, base)
+        final = build_dockerfile(text, context, work, bases)
         write_archive(final.rootfs, image_config(final), refs, out)
     finally:
         safe_rmtree(work)
@@ -587,6 +660,7 @@ def build_all() -> dict[str, Path]:
         PAUSE_REF: build_pause(),
         PROJECT_REF: build_from_dockerfile("trading-system", dockerfile, ROOT, project_refs, []),
         RABBITMQ_REF: build_from_dockerfile("rabbitmq", RABBITMQ_DOCKERFILE, ROOT, [RABBITMQ_REF], []),
+        POSTGRES_REF: build_from_dockerfile("postgres", POSTGRES_DOCKERFILE, ROOT, [POSTGRES_REF], []),
     }
 
 

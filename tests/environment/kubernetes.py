@@ -30,7 +30,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "scripts" / "build-k8s-tools.sh"
 POD_CIDR = "127.64.0.0/16"
 NODE_IP = "127.63.0.1"
-SERVICE_CIDR = "10.96.0.0/16"  # allocated as data only; nothing here ever dials a Service IP
+SERVICE_CIDR = "10.96.0.0/16"  # routed only on a real node with kube-proxy (tests/environment/node.py)
 
 KWOK_STAGE_FILES = [
     "node/fast/node-initialize.yaml",

@@ -15,25 +15,36 @@
   ``failCgroupV1: false`` (these machines are cgroup v1 hybrid), its own ``cgroupRoot``,
   root dir, pod log dir and ports, a client certificate ``system:node:<name>`` in
   ``system:nodes`` (bound to the ``system:node`` ClusterRole, since the apiserver runs RBAC
-  without the Node authorizer), no cluster DNS and a resolv.conf of ``nameserver 127.0.0.1``
-  (the host resolver is unreachable from pods; a refused query fails fast instead of
-  stalling), ``maxOpenFiles`` at the machine's hard nofile limit and ``oomScoreAdj: 0``.
-
-There is no kube-proxy: tests talk to pod IPs (reachable from the host over the bridge), so
-Service ClusterIPs are not routed; a test that needs a Service resolves its EndpointSlice.
+  without the Node authorizer), ``clusterDNS`` at the bridge address, a resolv.conf of
+  ``nameserver 127.0.0.1`` for ``dnsPolicy: Default`` pods (the host resolver is unreachable
+  from pods; a refused query fails fast instead of stalling), ``maxOpenFiles`` at the
+  machine's hard nofile limit and ``oomScoreAdj: 0``.
+* **Service networking** (``services=True``, the default), all host processes:
+  **kube-proxy** (iptables mode, ``clusterCIDR`` = the node's /24, client cert
+  ``system:kube-proxy``, told to leave route_localnet and the conntrack sysctls alone),
+  **CoreDNS** on ``<bridge address>:53`` with the ``kubernetes`` plugin for ``cluster.local``
+  (no ``forward``: other names get REFUSED at once), and a **TCP relay** on
+  ``<bridge address>:<apiserver port>`` to the loopback-only API server, which the node
+  makes the ``kubernetes`` Service's EndpointSlice (the apiserver runs with
+  ``--endpoint-reconciler-type=none``). So pods resolve Service and headless per-pod names
+  and reach ClusterIPs and ``https://kubernetes.default.svc``; the host reaches ClusterIPs
+  too. kube-proxy's chains are machine-wide: run one such node per machine at a time.
 
 The kubelet rewrites a few kernel settings (``vm.overcommit_memory``, ``kernel.panic``, ...);
-they are saved before it starts and restored by ``stop()``, which also removes the pods, the
-containers, mounts, network namespaces, cgroups, the bridge, the CNI cache entries and any
-iptables chain that appeared while the node ran, then the directories.
+they are saved before it starts and restored by ``stop()``, which also cordons the node and
+removes the pods, the containers, mounts, network namespaces, cgroups, the bridge, the CNI
+cache entries, any iptables chain that appeared while the node ran (kube-proxy's included),
+the node's conntrack entries, then the directories.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -45,7 +56,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.environment.kubernetes import REPO_ROOT, ControlPlane
+from tests.environment.kubernetes import REPO_ROOT, SERVICE_CIDR, ControlPlane
 from tests.environment.processes import (
     EnvironmentFailure,
     free_port_block,
@@ -66,7 +77,15 @@ KERNEL_SETTINGS = (
     "kernel/panic_on_oops",
     "kernel/keys/root_maxkeys",
     "kernel/keys/root_maxbytes",
+    # What Service networking needs (set by the node) or kube-proxy may touch (its config
+    # asks it not to: no localhost NodePorts, no conntrack tuning); restored all the same.
+    "net/ipv4/ip_forward",
+    "net/bridge/bridge-nf-call-iptables",
+    "net/ipv4/conf/all/route_localnet",
+    "net/netfilter/nf_conntrack_max",
 )
+CLUSTER_DOMAIN = "cluster.local"
+RELAY = Path(__file__).resolve().parent / "relay.py"
 # Hard-coded in the kubelet (symlinks to the pod logs); created if missing, emptied as pods go.
 CONTAINER_LOG_DIR = Path("/var/log/containers")
 NOFILE_LIMIT = 20000  # the hard limit on these machines; root cannot raise it (no CAP_SYS_RESOURCE)
@@ -97,6 +116,8 @@ class KubeletNode:
     name: str = "ts-node-0"
     # The pod sandbox image; scripts/build_images.py builds it and import_images() loads it.
     sandbox_image: str = "localhost/trading-system/pause:3.10"
+    # kube-proxy, CoreDNS and the API server relay: Service ClusterIPs and cluster DNS work.
+    services: bool = True
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -108,6 +129,7 @@ class KubeletNode:
         self.node_ip = ""
         self.run_dir = Path()
         self.kubelet_port = 0
+        self.aux_port = 0  # kube-proxy healthz, metrics; CoreDNS health, ready
         self._saved_settings: dict[str, str] = {}
         self._chains_before: dict[tuple[str, str], set[str]] = {}
         self._shim_sockets_before: set[str] = set()
@@ -135,6 +157,13 @@ class KubeletNode:
         started = time.monotonic()
         for tool in ("containerd", "containerd-shim-runc-v2", "runc", "ctr", "iptables", "ip"):
             require_binary(tool, INSTALL_HINT)
+        if self.services:
+            require_binary("conntrack", INSTALL_HINT)
+            for binary in ("kube-proxy", "coredns"):
+                if not (self.plane.bin_dir / binary).exists():
+                    raise EnvironmentFailure(
+                        f"no {binary} in {self.plane.bin_dir}: run scripts/build-k8s-tools.sh"
+                    )
         if not (CNI_BIN_DIR / "bridge").exists():
             raise EnvironmentFailure(f"no CNI plugins in {CNI_BIN_DIR}; {INSTALL_HINT}")
         self.base_dir.mkdir(parents=True, exist_ok=True)
@@ -151,10 +180,18 @@ class KubeletNode:
         mark = time.monotonic()
         self.import_images(images)
         self.timings["import images"] = time.monotonic() - mark
+        if self.services:
+            mark = time.monotonic()
+            self._start_dns_and_relay()
+            self.timings["CoreDNS and API relay"] = time.monotonic() - mark
         mark = time.monotonic()
         self._start_kubelet()
         wait_until(self._ready, 180, f"node {self.name} Ready")
         self.timings["kubelet to Ready"] = time.monotonic() - mark
+        if self.services:
+            mark = time.monotonic()
+            self._start_kube_proxy()
+            self.timings["kube-proxy synced"] = time.monotonic() - mark
         self.timings["total"] = time.monotonic() - started
 
     def import_images(self, archives: Iterable[Path]) -> None:
@@ -180,6 +217,7 @@ class KubeletNode:
             "bridge": self.bridge,
             "containerd": str(self.containerd_socket),
             "node_logs": str(self.logs),
+            "cluster_dns": f"{self.node_ip}:53" if self.services else "none",
         }
 
     def stop(self) -> None:
@@ -202,6 +240,11 @@ class KubeletNode:
         step("delete pods", self._delete_pods)
         if "kubelet" in self.processes:
             step("stop kubelet", lambda: kill_process_group(self.processes.pop("kubelet"), timeout=20))
+        if "relay" in self.processes:
+            step("kubernetes endpoints", self._delete_api_endpoints)
+        for aux in ("kube-proxy", "coredns", "relay"):
+            if aux in self.processes:
+                step(f"stop {aux}", functools.partial(kill_process_group, self.processes.pop(aux), 10))
         netns = self._container_netns() if "containerd" in self.processes else set()
         step("kill containers", self._kill_cgroup_processes)
         if "containerd" in self.processes:
@@ -213,6 +256,8 @@ class KubeletNode:
         step("remove bridge", self._remove_bridge)
         step("remove CNI cache", self._remove_cni_cache)
         step("iptables", self._remove_new_chains)
+        if self.services:
+            step("conntrack", self._flush_conntrack)
         step("kernel settings", self._restore_settings)
         step("shim sockets", self._remove_shim_sockets)
         step("container log links", self._remove_container_log_links)
@@ -310,7 +355,7 @@ class KubeletNode:
                 continue
             rules = subprocess.run([tool, "-w", "-t", table, "-S"], capture_output=True, text=True).stdout
             for line in rules.splitlines():
-                words = line.split()
+                words = shlex.split(line)  # kube-proxy's rules carry quoted comments
                 if words[:1] == ["-A"] and "-j" in words and words[words.index("-j") + 1] in new:
                     subprocess.run(
                         [tool, "-w", "-t", table, "-D", *words[1:]], capture_output=True, check=False
@@ -523,6 +568,7 @@ oom_score = 0
             "cgroupsPerQOS": True,
             "enforceNodeAllocatable": ["pods"],
             "resolvConf": str(resolv),
+            **({"clusterDNS": [self.node_ip], "clusterDomain": CLUSTER_DOMAIN} if self.services else {}),
             "podLogsDir": str(self.base_dir / "pod-logs"),
             "maxOpenFiles": NOFILE_LIMIT,
             "oomScoreAdj": 0,
@@ -593,6 +639,9 @@ oom_score = 0
     def _delete_pods(self) -> None:
         if "kubelet" not in self.processes or self.processes["kubelet"].poll() is not None:
             return
+        # Unschedulable first, or the controllers' replacement pods (Deployments,
+        # StatefulSets) land on this node again as fast as the old ones go.
+        self.plane.kubectl("cordon", self.name, timeout=30)
         self.plane.kubectl(
             "delete",
             "pods",
@@ -603,6 +652,133 @@ oom_score = 0
             timeout=30,
         )
         wait_until(lambda: self.task_count() == 0, 60, "the kubelet to stop every container")
+
+    # -- Service networking: API relay, CoreDNS, kube-proxy ------------------------------
+
+    def _start_dns_and_relay(self) -> None:
+        """The API server for pods (a relay on the bridge address, the ``kubernetes``
+        Service's endpoint) and CoreDNS on the bridge address, the kubelet's clusterDNS."""
+        for setting in ("net/ipv4/ip_forward", "net/bridge/bridge-nf-call-iptables"):
+            if self._read_setting(setting) != "1":
+                (Path("/proc/sys") / setting).write_text("1")
+        self.aux_port = free_port_block(4, 20350)
+        port = self.plane.apiserver_port
+        self._spawn("relay", [sys.executable, str(RELAY), self.node_ip, str(port), "127.0.0.1", str(port)])
+        self._write_api_endpoints(port)
+        corefile = self.base_dir / "Corefile"
+        corefile.write_text(self._corefile())
+        self._spawn("coredns", [str(self.plane.bin_dir / "coredns"), "-conf", str(corefile)])
+        ready = f"http://127.0.0.1:{self.aux_port + 3}/ready"
+        wait_until(lambda: self._http_ok("coredns", ready), 60, "CoreDNS ready")
+
+    def _corefile(self) -> str:
+        # No `forward`: pods cannot reach the host's resolver anyway; a name outside the
+        # cluster zones gets REFUSED at once.
+        return f"""{CLUSTER_DOMAIN}:53 in-addr.arpa:53 ip6.arpa:53 {{
+    bind {self.node_ip}
+    errors
+    health 127.0.0.1:{self.aux_port + 2}
+    ready 127.0.0.1:{self.aux_port + 3}
+    kubernetes {CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{
+        kubeconfig {self.plane.kubeconfig}
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+        ttl 5
+    }}
+    cache 5
+}}
+"""
+
+    def _write_api_endpoints(self, port: int) -> None:
+        """The apiserver runs with ``--endpoint-reconciler-type=none``, so nothing else
+        writes the ``kubernetes`` Service's endpoints; point them at the relay."""
+        service = json.loads(
+            self.plane.kubectl("get", "service", "kubernetes", "-n", "default", "-o", "json")
+        )
+        target = service["spec"]["ports"][0].get("targetPort", port)
+        if target != port:
+            raise EnvironmentFailure(f"kubernetes Service targets port {target}, the apiserver is on {port}")
+        slice_ = {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": "kubernetes",
+                "namespace": "default",
+                "labels": {
+                    "kubernetes.io/service-name": "kubernetes",
+                    "endpointslice.kubernetes.io/managed-by": "ts-node.trading-system.io",
+                },
+            },
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [self.node_ip], "conditions": {"ready": True}}],
+            "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+        }
+        self.plane.kubectl("apply", "-f", "-", stdin=json.dumps(slice_))
+
+    def _delete_api_endpoints(self) -> None:
+        self.plane.kubectl(
+            "delete", "endpointslice", "kubernetes", "-n", "default", "--ignore-not-found", timeout=20
+        )
+
+    def _flush_conntrack(self) -> None:
+        """Connection-tracking entries of this node's pods and Service IPs (they would only
+        time out, but a later node reuses the same addresses)."""
+        if not self.subnet or not shutil.which("conntrack"):
+            return
+        for flag, net in (("-s", self.subnet), ("-d", self.subnet), ("-d", SERVICE_CIDR)):
+            # Exit status 1 when nothing matched.
+            subprocess.run(["conntrack", "-D", flag, net], capture_output=True, check=False)
+
+    def _kube_proxy_config(self, kubeconfig: Path) -> dict[str, object]:
+        return {
+            "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+            "kind": "KubeProxyConfiguration",
+            "clientConnection": {"kubeconfig": str(kubeconfig)},
+            "hostnameOverride": self.name,
+            "bindAddress": self.node_ip,
+            "healthzBindAddress": f"127.0.0.1:{self.aux_port}",
+            "metricsBindAddress": f"127.0.0.1:{self.aux_port + 1}",
+            "mode": "iptables",
+            "clusterCIDR": self.subnet,
+            "detectLocalMode": "ClusterCIDR",
+            "nodePortAddresses": [f"{self.node_ip}/32"],
+            "oomScoreAdj": 0,
+            # Leave the machine-wide settings alone: no route_localnet for localhost
+            # NodePorts, no conntrack table size or timeouts.
+            "iptables": {"localhostNodePorts": False, "masqueradeAll": False, "minSyncPeriod": "0s"},
+            "conntrack": {
+                "maxPerCore": 0,
+                "min": 0,
+                "tcpEstablishedTimeout": "0s",
+                "tcpCloseWaitTimeout": "0s",
+                "udpTimeout": "0s",
+                "udpStreamTimeout": "0s",
+            },
+        }
+
+    def _start_kube_proxy(self) -> None:
+        # system:kube-proxy is bound to the system:node-proxier ClusterRole by default.
+        cert, key = self.plane.issue_client_cert(f"kube-proxy-{self.name}", "/CN=system:kube-proxy")
+        kubeconfig = self.base_dir / "kube-proxy.kubeconfig"
+        self.plane.write_kubeconfig(kubeconfig, "system:kube-proxy", cert, key)
+        config = self.base_dir / "kube-proxy.json"
+        config.write_text(json.dumps(self._kube_proxy_config(kubeconfig), indent=2))
+        self._spawn("kube-proxy", [str(self.plane.bin_dir / "kube-proxy"), f"--config={config}", "--v=2"])
+        healthz = f"http://127.0.0.1:{self.aux_port}/healthz"
+        wait_until(lambda: self._http_ok("kube-proxy", healthz), 60, "kube-proxy healthz")
+        wait_until(self._api_vip_programmed, 60, "kube-proxy to program the kubernetes Service")
+
+    def _api_vip_programmed(self) -> bool:
+        self._check_alive("kube-proxy")
+        rules = run(["iptables", "-w", "-t", "nat", "-S", "KUBE-SERVICES"], timeout=20)
+        return "default/kubernetes:https cluster IP" in rules
+
+    def _http_ok(self, name: str, url: str) -> bool:
+        import urllib.request
+
+        self._check_alive(name)
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return bool(resp.status == 200)
 
     # -- processes ---------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import socket
 import time
 import urllib.request
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.pods
 
 NAMESPACE = "real-pods"
 IMAGE = PROJECT_IMAGE
-RABBITMQ_IMAGE = "localhost/trading-system/rabbitmq:3.10"
+RABBITMQ_IMAGE = "localhost/trading-system/rabbitmq:4.0"  # trixie's rabbitmq-server 4.0.5
 
 
 def web_pod(name: str) -> dict[str, Any]:
@@ -138,41 +139,122 @@ def test_project_image_pod_becomes_ready_answers_and_goes_away(real_node: Kubele
         http_status(f"http://{pod_ip}:8080/")
 
 
-def test_rabbitmq_image_pod_answers_amqp_on_its_pod_ip(real_node: KubeletNode) -> None:
+# What operator/trading_operator/manifests/rabbitmq.py mounts and sets, cut down to one node:
+# conf.d settings that RabbitMQ 3.10 rejects (continuous membership reconciliation needs
+# 3.13+), the plugins file from the operator's ConfigMap, uid 999, a read-only root file
+# system with emptyDirs for HOME and /tmp.
+RABBITMQ_CONF = """\
+default_queue_type = quorum
+quorum_queue.continuous_membership_reconciliation.enabled = true
+quorum_queue.continuous_membership_reconciliation.target_group_size = 1
+management.tcp.port = 15672
+prometheus.tcp.port = 15692
+"""
+
+
+def test_rabbitmq_image_runs_like_the_operator_runs_it(real_node: KubeletNode) -> None:
     node = real_node
-    node.plane.kubectl("create", "namespace", "real-rabbitmq")
+    ns = "real-rabbitmq"
+    node.plane.kubectl("create", "namespace", ns)
+    config = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "rabbitmq", "namespace": ns},
+        "data": {
+            "operator.conf": RABBITMQ_CONF,
+            "enabled_plugins": "[rabbitmq_management,rabbitmq_peer_discovery_k8s,rabbitmq_prometheus].\n",
+        },
+    }
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": "rabbitmq", "namespace": "real-rabbitmq"},
+        "metadata": {"name": "rabbitmq", "namespace": ns},
         "spec": {
             "terminationGracePeriodSeconds": 5,
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": 999,
+                "runAsGroup": 999,
+                "fsGroup": 999,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
             "containers": [
                 {
                     "name": "rabbitmq",
                     "image": RABBITMQ_IMAGE,
                     "imagePullPolicy": "Never",
+                    "env": [
+                        {
+                            "name": "RABBITMQ_ENABLED_PLUGINS_FILE",
+                            "value": "/etc/rabbitmq-operator/enabled_plugins",
+                        }
+                    ],
                     "ports": [{"containerPort": 5672, "name": "amqp"}],
-                    "readinessProbe": {"tcpSocket": {"port": 5672}, "periodSeconds": 2},
+                    "readinessProbe": {"tcpSocket": {"port": "amqp"}, "periodSeconds": 2},
+                    "securityContext": {
+                        "allowPrivilegeEscalation": False,
+                        "readOnlyRootFilesystem": True,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                    "volumeMounts": [
+                        {"name": "home", "mountPath": "/var/lib/rabbitmq"},
+                        {"name": "tmp", "mountPath": "/tmp"},
+                        {
+                            "name": "config",
+                            "mountPath": "/etc/rabbitmq/conf.d/10-operator.conf",
+                            "subPath": "operator.conf",
+                        },
+                        {
+                            "name": "config",
+                            "mountPath": "/etc/rabbitmq-operator/enabled_plugins",
+                            "subPath": "enabled_plugins",
+                        },
+                    ],
                 }
+            ],
+            "volumes": [
+                {"name": "home", "emptyDir": {}},
+                {"name": "tmp", "emptyDir": {}},
+                {"name": "config", "configMap": {"name": "rabbitmq"}},
             ],
         },
     }
+    node.plane.kubectl("apply", "-f", "-", stdin=json.dumps(config))
+    created = time.monotonic()
     node.plane.kubectl("apply", "-f", "-", stdin=json.dumps(pod))
 
+    def status() -> dict[str, Any]:
+        result: dict[str, Any] = json.loads(
+            node.plane.kubectl("get", "pod", "rabbitmq", "-n", ns, "-o", "json")
+        )
+        return dict(result["status"])
+
     def ready() -> bool:
-        status = json.loads(node.plane.kubectl("get", "pod", "rabbitmq", "-n", "real-rabbitmq", "-o", "json"))
-        conditions = status["status"].get("conditions", [])
+        conditions = status().get("conditions", [])
         return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
-    wait_until(ready, 120, "the RabbitMQ pod Ready (tcpSocket probe on 5672)")
-    pod_ip = json.loads(node.plane.kubectl("get", "pod", "rabbitmq", "-n", "real-rabbitmq", "-o", "json"))[
-        "status"
-    ]["podIP"]
+    try:
+        wait_until(ready, 180, "the RabbitMQ pod Ready (tcpSocket probe on 5672)")
+    except EnvironmentFailure:
+        print(node.plane.kubectl("logs", "rabbitmq", "-n", ns, "--tail=60"))
+        raise
+    print(f"RabbitMQ pod created -> Ready in {time.monotonic() - created:.1f} s")
+    pod_ip = status()["podIP"]
     with socket.create_connection((pod_ip, 5672), timeout=5) as conn:
         conn.sendall(b"AMQP\x00\x00\x09\x01")
         frame = conn.recv(4096)
     # A method frame (type 1) on channel 0 carrying connection.start (class 10, method 10).
     assert frame[:3] == b"\x01\x00\x00" and frame[7:11] == b"\x00\x0a\x00\x0a", frame[:16]
-    node.plane.kubectl("delete", "namespace", "real-rabbitmq", "--wait=false")
+    # The plugins from the mounted file run: Prometheus reports the 4.x version.
+    metrics = ""
+
+    def prometheus_up() -> bool:
+        nonlocal metrics
+        with urllib.request.urlopen(f"http://{pod_ip}:15692/metrics", timeout=5) as resp:
+            metrics = resp.read().decode()
+        return True
+
+    wait_until(prometheus_up, 60, "the prometheus plugin on 15692")
+    assert re.search(r'rabbitmq_build_info\{[^}]*rabbitmq_version="4\.', metrics), metrics[:2000]
+    node.plane.kubectl("delete", "namespace", ns, "--wait=false")
     wait_until(lambda: node.task_count() == 0, 60, "the RabbitMQ containers to stop")

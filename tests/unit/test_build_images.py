@@ -73,3 +73,12 @@ def test_copy_sources_are_what_the_image_key_hashes() -> None:
     assert sources[:2] == ["pyproject.toml", "README.md"]
     assert {"services", "operator"} <= set(sources)
     assert "/opt/venv" not in sources  # COPY --from reads a stage, not the context
+
+
+def test_the_rabbitmq_and_postgres_images_build_on_trixie() -> None:
+    # The operator's RabbitMQ settings need 4.x and its dev database 17: trixie has both.
+    assert bi.from_suites(bi.RABBITMQ_DOCKERFILE) == ["trixie"]
+    assert bi.from_suites(bi.POSTGRES_DOCKERFILE) == ["trixie"]
+    assert bi.from_suites((ROOT / "Dockerfile").read_text()) == [bi.SUITE]
+    with pytest.raises(SystemExit):
+        bi.suite_of("alpine:3.20")
