@@ -17,6 +17,7 @@ import pytest
 
 from tests.environment.node import PROJECT_IMAGE, KubeletNode
 from tests.environment.processes import EnvironmentFailure, wait_until
+from tests.pods.manifests import pod
 
 pytestmark = pytest.mark.pods
 
@@ -34,42 +35,33 @@ def web_pod(name: str) -> dict[str, Any]:
         "capabilities": {"drop": ["ALL"]},
     }
     probe = {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1, "timeoutSeconds": 2}
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"app": name}},
-        "spec": {
-            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
-            "terminationGracePeriodSeconds": 2,
-            "initContainers": [
-                {
-                    "name": "cli",
-                    "image": IMAGE,
-                    "imagePullPolicy": "Never",
-                    "command": ["trading-system", "--help"],
-                    "securityContext": restricted,
-                }
-            ],
-            "containers": [
-                {
-                    "name": "web",
-                    "image": IMAGE,
-                    "imagePullPolicy": "Never",
-                    "command": ["python", "-m", "http.server", "8080", "--directory", "/tmp"],
-                    "ports": [{"containerPort": 8080, "name": "http"}],
-                    "readinessProbe": probe,
-                    "livenessProbe": {**probe, "failureThreshold": 5},
-                    "resources": {
-                        "requests": {"cpu": "50m", "memory": "64Mi"},
-                        "limits": {"memory": "256Mi"},
-                    },
-                    "securityContext": restricted,
-                    "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-                }
-            ],
-            "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}}],
-        },
+    cli = {
+        "name": "cli",
+        "image": IMAGE,
+        "imagePullPolicy": "Never",
+        "command": ["trading-system", "--help"],
+        "securityContext": restricted,
     }
+    web = {
+        "name": "web",
+        "image": IMAGE,
+        "imagePullPolicy": "Never",
+        "command": ["python", "-m", "http.server", "8080", "--directory", "/tmp"],
+        "ports": [{"containerPort": 8080, "name": "http"}],
+        "readinessProbe": probe,
+        "livenessProbe": {**probe, "failureThreshold": 5},
+        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+        "securityContext": restricted,
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    return pod(
+        name,
+        NAMESPACE,
+        [web],
+        terminationGracePeriodSeconds=2,
+        initContainers=[cli],
+        volumes=[{"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}}],
+    )
 
 
 def pod_json(node: KubeletNode, name: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import pytest
 
 from tests.environment.node import PROJECT_IMAGE, KubeletNode
 from tests.environment.processes import wait_until
+from tests.pods.manifests import pod
 
 pytestmark = pytest.mark.pods
 
@@ -54,20 +55,6 @@ try:
 except OSError:
     print("unknown name fails")
 """
-
-
-def pod(name: str, containers: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"app": name}},
-        "spec": {
-            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
-            "terminationGracePeriodSeconds": 1,
-            "containers": containers,
-            **spec,
-        },
-    }
 
 
 def python_container(script: str, *args: str) -> dict[str, Any]:
@@ -113,7 +100,7 @@ def test_pods_resolve_cluster_names_and_reach_services(real_node: KubeletNode) -
         "apply",
         "-f",
         "-",
-        stdin=json.dumps(pod("api-client", [python_container(API_CLIENT)], restartPolicy="Never")),
+        stdin=json.dumps(pod("api-client", NAMESPACE, [python_container(API_CLIENT)], restartPolicy="Never")),
     )
     wait_until(lambda: finished(node, "api-client"), 120, "the API client pod to succeed")
     logs = node.plane.kubectl("logs", "api-client", "-n", NAMESPACE)
@@ -133,7 +120,12 @@ def test_pods_resolve_cluster_names_and_reach_services(real_node: KubeletNode) -
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
     server = pod(
-        "web", [web], hostname="web-0", subdomain="web-nodes", volumes=[{"name": "tmp", "emptyDir": {}}]
+        "web",
+        NAMESPACE,
+        [web],
+        hostname="web-0",
+        subdomain="web-nodes",
+        volumes=[{"name": "tmp", "emptyDir": {}}],
     )
     services = [
         {
@@ -165,7 +157,7 @@ def test_pods_resolve_cluster_names_and_reach_services(real_node: KubeletNode) -
     wait_until(host_reaches_vip, 30, "the web ClusterIP from the host")
 
     start = time.monotonic()
-    client = pod("web-client", [python_container(WEB_CLIENT, NAMESPACE)], restartPolicy="Never")
+    client = pod("web-client", NAMESPACE, [python_container(WEB_CLIENT, NAMESPACE)], restartPolicy="Never")
     node.plane.kubectl("apply", "-f", "-", stdin=json.dumps(client))
     wait_until(lambda: finished(node, "web-client"), 120, "the web client pod to succeed")
     logs = node.plane.kubectl("logs", "web-client", "-n", NAMESPACE)
