@@ -27,8 +27,6 @@ failed commit of their own would.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -38,6 +36,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from trading_system.coordinator.bulk import Write, run_bulk
+from trading_system.storage.commit_queue import CommitQueue, Pending
 
 T = TypeVar("T")
 
@@ -67,11 +66,10 @@ class Batch:
 Operation = Callable[[Batch], Awaitable[Any]]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class _Item:
     key: str
     operation: Operation
-    future: asyncio.Future[Any]
     write: Write | None
 
 
@@ -85,12 +83,19 @@ class GroupCommitter:
 
     def __init__(self, db: AsyncEngine, *, max_batch: int = 128, writers: int = 2) -> None:
         self.db = db
-        self.max_batch = max_batch
-        self.writers = writers
         self.commits = 0
         self.operations = 0
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._queue = CommitQueue(
+            self._commit,
+            max_batch=max_batch,
+            writers=writers,
+            name="coordinator-group-commit",
+            closing="coordinator store closing",
+        )
+
+    @property
+    def writers(self) -> int:
+        return self._queue.writers
 
     async def run(
         self, key: str, operation: Callable[[Batch], Awaitable[T]], write: Write | None = None
@@ -100,60 +105,34 @@ class GroupCommitter:
         ``write`` is the same write for the set-based statements of ``bulk`` (PostgreSQL);
         when every write of a batch has one, the batch runs as those statements.
         """
-        self._ensure_writers()
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Item(key, operation, future, write))
-        return await future
+        result: T = await self._queue.run(_Item(key, operation, write))
+        return result
 
     async def close(self) -> None:
-        tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        while not self._queue.empty():
-            _settle(self._queue.get_nowait().future, RuntimeError("coordinator store closing"))
+        await self._queue.close()
 
-    def _ensure_writers(self) -> None:
-        self._tasks = [task for task in self._tasks if not task.done()]
-        while len(self._tasks) < self.writers:
-            self._tasks.append(asyncio.create_task(self._write_forever(), name="coordinator-group-commit"))
-
-    async def _write_forever(self) -> None:
-        while True:
-            batch = [await self._queue.get()]
-            while len(batch) < self.max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            try:
-                await self._commit(batch)
-            except asyncio.CancelledError:
-                for item in batch:
-                    _settle(item.future, RuntimeError("coordinator store closing"))
-                raise
-
-    async def _commit(self, batch: list[_Item]) -> None:
-        batch.sort(key=lambda item: item.key)
+    async def _commit(self, batch: list[Pending[_Item]]) -> None:
+        batch.sort(key=lambda pending: pending.item.key)
         try:
-            outcomes = await self._run_batch(batch)
+            outcomes = await self._run_batch([pending.item for pending in batch])
         except _OperationFailed as exc:
             if len(batch) == 1:
-                _settle(batch[0].future, exc.__cause__ or exc)
+                batch[0].fail(exc.__cause__ or exc)
                 return
-            for item in batch:  # find the one at fault: each alone
-                await self._commit([item])
+            for pending in batch:  # find the one at fault: each alone
+                await self._commit([pending])
             return
         except Exception as exc:
-            for item in batch:
-                _settle(item.future, exc)
+            for pending in batch:
+                pending.fail(exc)
             return
         self.commits += 1
         self.operations += len(batch)
-        for item, (ok, value) in zip(batch, outcomes, strict=True):
+        for pending, (ok, value) in zip(batch, outcomes, strict=True):
             if ok:
-                _resolve(item.future, value)
+                pending.resolve(value)
             else:
-                _settle(item.future, value)
+                pending.fail(value)
 
     async def _run_batch(self, batch: list[_Item]) -> list[tuple[bool, Any]]:
         outcomes: list[tuple[bool, Any]] = []
@@ -177,13 +156,3 @@ class GroupCommitter:
             except DBAPIError as exc:
                 raise _OperationFailed(str(exc)) from exc
         return outcomes
-
-
-def _resolve(future: asyncio.Future[Any], value: Any) -> None:
-    if not future.done():
-        future.set_result(value)
-
-
-def _settle(future: asyncio.Future[Any], error: BaseException) -> None:
-    if not future.done():
-        future.set_exception(error)

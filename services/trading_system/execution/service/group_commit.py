@@ -12,12 +12,11 @@ is refused.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 
 from trading_system.execution.book import OrderRecord
 from trading_system.execution.service.store import DuplicateClientOrderId
+from trading_system.storage.commit_queue import CommitQueue, Pending
 
 Write = Callable[[Sequence[OrderRecord]], Awaitable[None]]
 
@@ -25,66 +24,38 @@ Write = Callable[[Sequence[OrderRecord]], Awaitable[None]]
 class GroupCommit:
     def __init__(self, write: Write, max_batch: int = 128) -> None:
         self.write = write
-        self.max_batch = max_batch
         self.batches = 0
-        self._queue: asyncio.Queue[tuple[OrderRecord, asyncio.Future[None]]] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self._queue = CommitQueue(
+            self._write_batch,
+            max_batch=max_batch,
+            name="execution-group-commit",
+            closing="execution service stopping",
+        )
 
     async def insert(self, record: OrderRecord) -> None:
         """Return once ``record`` is committed; raise what its write raised."""
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="execution-group-commit")
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((record, future))
-        await future
+        await self._queue.run(record)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        while not self._queue.empty():
-            _, future = self._queue.get_nowait()
-            if not future.done():
-                future.set_exception(RuntimeError("execution service stopping"))
+        await self._queue.close()
 
-    async def _run(self) -> None:
-        while True:
-            items = [await self._queue.get()]
-            while len(items) < self.max_batch and not self._queue.empty():
-                items.append(self._queue.get_nowait())
-            self.batches += 1
-            try:
-                await self._write_all(items)
-            except asyncio.CancelledError:
-                for _, future in items:
-                    if not future.done():
-                        future.set_exception(RuntimeError("execution service stopping"))
-                raise
+    async def _write_batch(self, items: list[Pending[OrderRecord]]) -> None:
+        self.batches += 1
+        await self._write_all(items)
 
-    async def _write_all(self, items: list[tuple[OrderRecord, asyncio.Future[None]]]) -> None:
+    async def _write_all(self, items: list[Pending[OrderRecord]]) -> None:
         try:
-            await self.write([record for record, _ in items])
+            await self.write([p.item for p in items])
         except DuplicateClientOrderId as exc:
             if len(items) == 1:
-                _settle(items[0][1], exc)
+                items[0].fail(exc)
                 return
             for item in items:
                 await self._write_all([item])
             return
         except Exception as exc:
-            for _, future in items:
-                _settle(future, exc)
+            for p in items:
+                p.fail(exc)
             return
-        for _, future in items:
-            _settle(future, None)
-
-
-def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is None:
-        future.set_result(None)
-    else:
-        future.set_exception(error)
+        for p in items:
+            p.resolve(None)
