@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
+from tests.environment.relay import relay
+
 URL_FLAGS = ("--db-url", "--bus-url")
 SUBNET = "10.213"
 
@@ -68,20 +70,11 @@ class Forwarder:
 
     def listen(self, host: str, port: int) -> None:
         async def start() -> asyncio.Server:
-            return await asyncio.start_server(lambda r, w: self._relay(r, w, port), host, port)
+            return await asyncio.start_server(
+                lambda r, w: relay(r, w, "127.0.0.1", port, self.writers), host, port
+            )
 
         self.servers.append(asyncio.run_coroutine_threadsafe(start(), self.loop).result(10))
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            writer.close()
-            return
-        pair = {writer, up_writer}
-        self.writers |= pair
-        await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer))
-        self.writers -= pair
 
     def close(self) -> None:
         async def stop() -> None:
@@ -98,18 +91,6 @@ class Forwarder:
         asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
-
-
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except (OSError, asyncio.IncompleteReadError):
-        pass
-    finally:
-        with contextlib.suppress(OSError):
-            writer.close()
 
 
 def _free_third_octet() -> int:

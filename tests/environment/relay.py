@@ -26,14 +26,31 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             writer.close()
 
 
+async def relay(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    target_host: str,
+    target_port: int,
+    live: set[asyncio.StreamWriter] | None = None,
+) -> None:
+    """Relay one accepted connection to the target until either side closes. ``live``, if
+    given, holds both ends while they are open (so an owner can abort them)."""
+    try:
+        up_reader, up_writer = await asyncio.open_connection(target_host, target_port)
+    except OSError:
+        writer.close()
+        return
+    ends = {writer, up_writer}
+    if live is not None:
+        live |= ends
+    await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+    if live is not None:
+        live -= ends
+
+
 async def main(listen_host: str, listen_port: int, target_host: str, target_port: int) -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(target_host, target_port)
-        except OSError:
-            writer.close()
-            return
-        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        await relay(reader, writer, target_host, target_port)
 
     server = await asyncio.start_server(handle, listen_host, listen_port, reuse_address=True)
     print(f"relaying {listen_host}:{listen_port} -> {target_host}:{target_port}", flush=True)
