@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+# A container locked down like the chart's.
+RESTRICTED = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+
 
 def pod(name: str, namespace: str, containers: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
     """A Pod labelled ``app: <name>``; ``spec`` adds or overrides pod spec fields."""

@@ -17,7 +17,7 @@ import pytest
 
 from tests.environment.node import PROJECT_IMAGE, KubeletNode
 from tests.environment.processes import EnvironmentFailure, wait_until
-from tests.pods.manifests import pod
+from tests.pods.manifests import RESTRICTED, pod
 
 pytestmark = pytest.mark.pods
 
@@ -29,18 +29,13 @@ RABBITMQ_IMAGE = "localhost/trading-system/rabbitmq:4.0"  # trixie's rabbitmq-se
 def web_pod(name: str) -> dict[str, Any]:
     """The project image twice: `trading-system --help` as an init container (the entry point
     works), then an HTTP server on 8080 that the kubelet probes, locked down like the chart."""
-    restricted = {
-        "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
-        "capabilities": {"drop": ["ALL"]},
-    }
     probe = {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1, "timeoutSeconds": 2}
     cli = {
         "name": "cli",
         "image": IMAGE,
         "imagePullPolicy": "Never",
         "command": ["trading-system", "--help"],
-        "securityContext": restricted,
+        "securityContext": RESTRICTED,
     }
     web = {
         "name": "web",
@@ -51,7 +46,7 @@ def web_pod(name: str) -> dict[str, Any]:
         "readinessProbe": probe,
         "livenessProbe": {**probe, "failureThreshold": 5},
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
-        "securityContext": restricted,
+        "securityContext": RESTRICTED,
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
     return pod(

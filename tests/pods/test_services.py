@@ -13,16 +13,11 @@ import pytest
 
 from tests.environment.node import PROJECT_IMAGE, KubeletNode
 from tests.environment.processes import wait_until
-from tests.pods.manifests import pod
+from tests.pods.manifests import RESTRICTED, pod
 
 pytestmark = pytest.mark.pods
 
 NAMESPACE = "real-services"
-RESTRICTED = {
-    "allowPrivilegeEscalation": False,
-    "readOnlyRootFilesystem": True,
-    "capabilities": {"drop": ["ALL"]},
-}
 
 # Run in a pod: the API server's Service by DNS name, with the pod's service-account token.
 API_CLIENT = """
