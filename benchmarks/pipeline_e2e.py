@@ -34,7 +34,7 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from benchmarks.bus_throughput import raw_round
+from benchmarks.bus_throughput import percentile, raw_round
 from benchmarks.scratch_db import scratch_database
 from trading_system.ha import FailoverPolicy
 from trading_system.local.launcher import LocalConfig, LocalPipeline
@@ -44,11 +44,6 @@ from trading_system.storage import create_engine
 
 def accounts(n: int) -> list[str]:
     return [f"bench-{i}" for i in range(n)]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
 @dataclass(frozen=True, slots=True)
