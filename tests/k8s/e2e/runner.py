@@ -304,9 +304,7 @@ class PodRunner:
         for entry in container.get("env") or []:
             env[entry["name"]] = self._env_value(pod, entry)
         env.update(self.env_overrides)
-        # PATH names this machine's directories standing in for the image's, never a volume
-        # (a checkout under /tmp would otherwise be "inside" the pod's /tmp emptyDir).
-        env = {name: value if name == "PATH" else _under_mounts(value, mounts) for name, value in env.items()}
+        env = env_in_volumes(env, mounts)
         argv = [*(container.get("command") or []), *(container.get("args") or [])]
         if not argv:
             raise NotYet("the container has neither command nor args")
@@ -396,6 +394,14 @@ def _field(pod: dict[str, Any], path: str) -> str:
         if path.startswith(f"{prefix}['") and path.endswith("']"):
             return str((values or {}).get(path[len(prefix) + 2 : -2], ""))
     raise NotYet(f"unsupported fieldRef {path}")
+
+
+def env_in_volumes(env: Mapping[str, str], mounts: Mapping[str, Path]) -> dict[str, str]:
+    """The environment with every path inside a mounted volume pointed at the pod's copy.
+
+    PATH names this machine's directories standing in for the image's, never a volume (a
+    checkout under /tmp would otherwise be "inside" the pod's /tmp emptyDir)."""
+    return {name: value if name == "PATH" else _under_mounts(value, mounts) for name, value in env.items()}
 
 
 def _under_mounts(value: str, mounts: Mapping[str, Path]) -> str:
