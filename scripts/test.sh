@@ -3,13 +3,33 @@
 # against the real RabbitMQ cluster, PostgreSQL and Kubernetes control plane.
 #
 #   scripts/test.sh                 # everything
-#   scripts/test.sh -m unit         # a slice (unit | integration | k8s | chaos)
+#   scripts/test.sh -m unit         # a slice (unit | integration | k8s | chaos | pods)
+#   scripts/test.sh -m "not pods"   # everything but the real-pods node (no images built)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
 
+# Whether this run selects the real-pods tests: no -m at all, or a marker expression that
+# names pods without "not pods".
+wants_pods() {
+    local prev="" arg
+    for arg in "$@"; do
+        if [ "$prev" = "-m" ]; then
+            [[ "$arg" == *pods* && "$arg" != *"not pods"* ]]
+            return
+        fi
+        prev=$arg
+    done
+    return 0
+}
+
 scripts/install-deps.sh
 scripts/build-k8s-tools.sh >/dev/null
+if wants_pods "$@"; then
+    # The real-pods node's images (cached by their inputs' hash); built here rather than in a
+    # fixture, so that a cold build (about 12 minutes) is not counted against a test's timeout.
+    .venv/bin/python scripts/build_images.py >/dev/null
+fi
 echo "[test] set-up done in $((SECONDS - start)) s"
 
 .venv/bin/ruff check .

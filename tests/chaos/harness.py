@@ -298,6 +298,20 @@ async def _settled_cover(db: Any, trades: set[str]) -> bool:
     return trades <= await _settled(db)
 
 
+async def journal_epochs(db_url: str, engine_id: str = ENGINE_ID) -> list[tuple[int, int]]:
+    """(seq, epoch) of every journal entry, in journal order: the epochs must never go back."""
+    db = create_engine(db_url)
+    try:
+        async with db.connect() as conn:
+            rows = await conn.execute(
+                text("SELECT seq, epoch FROM matching_journal WHERE engine_id = :e ORDER BY seq"),
+                {"e": engine_id},
+            )
+            return [(int(r.seq), int(r.epoch)) for r in rows]
+    finally:
+        await db.dispose()
+
+
 def assert_invariants(result: ScenarioResult) -> None:
     """Record the scenario's row, then DESIGN.md section 7: nothing lost, stuck, doubled,
     unsettled or broken."""

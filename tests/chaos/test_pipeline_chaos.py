@@ -19,16 +19,14 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from sqlalchemy import text
 
-from tests.chaos.harness import PipelineUnderTest, assert_invariants, run_scenario
+from tests.chaos.harness import PipelineUnderTest, assert_invariants, journal_epochs, run_scenario
 from tests.chaos.netns import IsolatedMembers, namespaces_supported
 from tests.environment.postgres import PostgresServer
 from tests.environment.rabbitmq import RabbitMQCluster
 from tests.unit.bus.support import eventually
 from trading_system.ha import Phase
 from trading_system.local.members import MemberProcess, Placement
-from trading_system.storage import create_engine
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 
@@ -229,16 +227,6 @@ async def assert_only_the_new_epoch_after(db_url: str, head_at_promotion: int) -
 
 async def journal_head(db_url: str) -> int:
     return max((seq for seq, _ in await journal_epochs(db_url)), default=0)
-
-
-async def journal_epochs(db_url: str) -> list[tuple[int, int]]:
-    db = create_engine(db_url)
-    try:
-        async with db.connect() as conn:
-            rows = await conn.execute(text("SELECT seq, epoch FROM matching_journal ORDER BY seq"))
-            return [(int(r.seq), int(r.epoch)) for r in rows]
-    finally:
-        await db.dispose()
 
 
 def member_role(host: str) -> str | None:

@@ -1,14 +1,18 @@
 """Fixtures for the real-pods tests: a control plane without KWOK, a real kubelet + containerd
-node (tests/environment/node.py) and the images built offline by scripts/build_images.py.
+node (tests/environment/node.py) with the images scripts/build_images.py built offline, and
+the whole product installed on it once per session (tests/pods/system.py).
 
-These tests need root, the Debian packages containerd, runc, containernetworking-plugins,
-iptables and debootstrap (scripts/install-deps.sh), and a kubelet from
-scripts/build-k8s-tools.sh. They run only with ``TS_PODS=1`` until they are part of CI.
+With ``TS_PODS_CLUSTER=kind`` the same scenarios run on a kind cluster made elsewhere (the
+GitHub workflow .github/workflows/e2e-kind.yml); the tests that need this machine's node
+itself (test_real_pod.py, test_services.py) are skipped there.
+
+These tests need root and the Debian packages containerd, runc, containernetworking-plugins,
+iptables and debootstrap (scripts/install-deps.sh), and the kubelet, kube-proxy and CoreDNS
+from scripts/build-k8s-tools.sh. ``scripts/test.sh -m "not pods"`` leaves them out.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,34 +20,41 @@ import pytest
 
 from tests.environment.kubernetes import ControlPlane, tools_bin_dir
 from tests.environment.node import KubeletNode, build_images, sandbox_image
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if os.environ.get("TS_PODS") == "1":
-        return
-    skip = pytest.mark.skip(reason="real pods (kubelet + containerd) run only with TS_PODS=1")
-    for item in items:
-        if "pods" in item.keywords:
-            item.add_marker(skip)
+from tests.pods.cluster import LocalNodeCluster, PodCluster, external_cluster
+from tests.pods.system import DemoSystem, install
 
 
 @pytest.fixture(scope="session")
-def pod_images() -> dict[str, Path]:
-    """Image reference -> docker archive, built (or taken from the cache) by the script."""
-    return build_images()
-
-
-@pytest.fixture(scope="session")
-def real_node(testenv_base: Path, pod_images: dict[str, Path]) -> Iterator[KubeletNode]:
+def real_node(testenv_base: Path) -> Iterator[KubeletNode]:
     """A control plane (no KWOK) with one real node whose containerd holds the images."""
+    if external_cluster() is not None:
+        pytest.skip("needs this machine's own kubelet node")
+    images = build_images()
     plane = ControlPlane(testenv_base / "kubernetes-pods", bin_dir=tools_bin_dir(), kwok=False)
-    node = KubeletNode(plane, testenv_base / "node", sandbox_image=sandbox_image(pod_images))
+    node = KubeletNode(plane, testenv_base / "node", sandbox_image=sandbox_image(images))
     try:
         plane.start()
-        node.start(images=pod_images.values())
+        node.start(images=images.values())
         yield node
     finally:
         try:
             node.stop()
         finally:
             plane.stop()
+
+
+@pytest.fixture(scope="session")
+def pod_cluster(request: pytest.FixtureRequest) -> PodCluster:
+    """The cluster the scenarios run on: kind when the workflow says so, else this node."""
+    external = external_cluster()
+    if external is not None:
+        return external
+    return LocalNodeCluster(request.getfixturevalue("real_node"))
+
+
+@pytest.fixture(scope="session")
+def demo_system(pod_cluster: PodCluster) -> Iterator[DemoSystem]:
+    """helm install + the sample TradingSystem, Ready, shared by the scenarios in turn."""
+    system = install(pod_cluster)
+    yield system
+    system.kube.close()

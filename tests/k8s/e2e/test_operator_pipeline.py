@@ -22,7 +22,14 @@ import aiohttp
 import pytest
 from sqlalchemy import text
 
-from tests.chaos.harness import ACCOUNTS, ScenarioResult, assert_invariants, check_pipeline, drive_load
+from tests.chaos.harness import (
+    ACCOUNTS,
+    ScenarioResult,
+    assert_invariants,
+    check_pipeline,
+    drive_load,
+    journal_epochs,
+)
 from tests.environment.kubernetes import ControlPlane
 from tests.k8s.conftest import OperatorProcess
 from tests.k8s.e2e.runner import PodRunner
@@ -121,18 +128,6 @@ async def _first_seq(db: Any, epoch: int) -> int | None:
     return None if value is None else int(value)
 
 
-async def _journal_epochs(db_url: str) -> list[int]:
-    db = create_engine(db_url)
-    try:
-        async with db.connect() as conn:
-            rows = await conn.execute(
-                text("SELECT epoch FROM matching_journal WHERE engine_id = :e ORDER BY seq"), {"e": NAME}
-            )
-            return [int(r.epoch) for r in rows]
-    finally:
-        await db.dispose()
-
-
 async def _all_healthy(runner: PodRunner) -> bool:
     """Every pipeline pod has a process that answers /healthz."""
     running = runner.running()
@@ -219,7 +214,7 @@ async def test_deleting_the_active_matching_pod_under_load(
     # DESIGN.md section 7, from the database and the load generator's records.
     assert_invariants(result)
     # No journal entry of the old epoch after the first of the new one (no two writers).
-    epochs = await _journal_epochs(postgres_dsn)
+    epochs = [epoch for _, epoch in await journal_epochs(postgres_dsn, NAME)]
     assert epochs == sorted(epochs) and epochs[-1] == epoch + 1
 
     # The operator promoted the standby at epoch + 1, made the pair whole again (a new
