@@ -100,6 +100,24 @@ class PodCluster:
             rule = [chain, "!", direction, "lo", "-j", "DROP"]
             self.on_node("nsenter", f"--net={netns}", "iptables", "-w", "5", operation, *rule)
 
+    def restore_pod_network(self, netns: str) -> bool:
+        """Undo ``set_pod_network(netns, False)``; False if the pod's sandbox is gone by now
+        (the operator deletes a member it failed over from), which takes its rules along."""
+        try:
+            self.set_pod_network(netns, True)
+        except EnvironmentFailure:
+            if self.namespace_exists(netns):
+                raise
+            return False
+        return True
+
+    def namespace_exists(self, netns: str) -> bool:
+        try:
+            self.on_node("test", "-e", netns)
+        except EnvironmentFailure:
+            return False
+        return True
+
 
 class LocalNodeCluster(PodCluster):
     """This machine's control plane and kubelet + containerd node."""

@@ -16,11 +16,14 @@ import asyncio
 import contextlib
 import json
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 import pytest
+from sqlalchemy import text
 
 from tests.chaos.harness import (
     ACCOUNTS,
@@ -33,6 +36,7 @@ from tests.chaos.harness import (
 from tests.pods.system import NAME, NAMESPACE, OPERATOR_NAMESPACE, DemoSystem
 from trading_operator import api
 from trading_system.local.loadgen import seed_ledger
+from trading_system.storage import create_engine
 
 pytestmark = [pytest.mark.pods, pytest.mark.chaos]
 
@@ -164,14 +168,60 @@ async def kill_the_operator_during_a_failover(fault: Fault) -> None:
 async def cut_the_network(fault: Fault) -> None:
     """Everything in and out of the active's pod is dropped; once the standby is promoted
     the network comes back, and the old member must find itself fenced."""
-    cluster = fault.system.cluster
-    netns = cluster.network_namespace(fault.system.container_id(fault.active("matching")))
+    system, old = fault.system, fault.active("matching")
+    cluster = system.cluster
+    old_pod = system.pod(old) or {}
+    old_url = f"http://{old_pod['status']['podIP']}:{api.SERVICE_HTTP_PORT}"
+    netns = cluster.network_namespace(system.container_id(old))
     await asyncio.to_thread(cluster.set_pod_network, netns, False)
     try:
         promoted = await fault.seconds_until("the failover", failed_over(fault, "matching"), within=120)
         fault.notes.append(f"standby promoted {promoted:.1f} s into the cut")
     finally:
-        await asyncio.to_thread(cluster.set_pod_network, netns, True)
+        restored = await asyncio.to_thread(cluster.restore_pod_network, netns)
+    if not restored:
+        fault.notes.append("the operator had deleted the cut-off pod before the restore")
+        return
+    # Reconnected, the old member must not act as the active: it is fenced (or gone).
+    role = await fault.until(
+        "the old active to stand down", lambda: standing_down(system, old, old_url), within=60
+    )
+    fault.notes.append(f"network restored; the old member then reported {role}")
+
+
+def standing_down(system: DemoSystem, pod: str, url: str) -> str | None:
+    """What the reconnected old active says it is, once that is no longer active."""
+    if system.pod(pod) is None:
+        return "nothing (deleted)"
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=2) as resp:
+            body = json.load(resp)
+    except urllib.error.HTTPError as exc:  # 503 when not serving: the body says why
+        try:
+            body = json.load(exc)
+        except ValueError:
+            return None
+    except (OSError, ValueError):
+        return None
+    role = body.get("role") if isinstance(body, dict) else None
+    return None if role in (None, "active") else f"role {role}"
+
+
+async def first_entry_after(fault: Fault, db_url: str, epoch: int) -> float:
+    """Seconds from the fault to the matching journal's first entry at an epoch above
+    ``epoch``: the new active matching again."""
+    db = create_engine(db_url)
+    query = text("SELECT 1 FROM matching_journal WHERE engine_id = :e AND epoch > :epoch LIMIT 1")
+    try:
+        while True:
+            async with db.connect() as conn:
+                if (await conn.execute(query, {"e": NAME, "epoch": epoch})).first() is not None:
+                    return time.monotonic() - fault.started
+            if time.monotonic() - fault.started > 180:
+                raise AssertionError("no journal entry at the new epoch within 180 s of the fault")
+            await asyncio.sleep(0.05)  # polling period
+    finally:
+        await db.dispose()
 
 
 def rabbitmq_leader_pod(system: DemoSystem) -> str:
@@ -224,6 +274,9 @@ async def test_scenario_under_load(demo_system: DemoSystem, scenario: Scenario) 
         if scenario.fails_over:
             moved = failed_over(fault, scenario.fails_over)
             failover.append(asyncio.create_task(fault.seconds_until("the failover", moved, within=180)))
+            if scenario.fails_over == "matching":
+                epoch = int(str(fault.before["matching"]["epoch"]))
+                failover.append(asyncio.create_task(first_entry_after(fault, db_url, epoch)))
         await scenario.inject(fault)
 
     try:
@@ -256,8 +309,11 @@ async def test_scenario_under_load(demo_system: DemoSystem, scenario: Scenario) 
         last = system.pair(pair)["history"][-1]
         assert (last["kind"], last["epoch"], last["outcome"]) == ("failover", before + 1, "completed"), last
         assert last.get("from") == fault.active(pair), last
-        # From the fault to the status naming the new active at the new epoch, done.
-        result.failover_seconds = await failover[0]
+        # From the fault to the status naming the new active at the new epoch, done; for the
+        # matching engine, to its first journal entry at the new epoch (as on KWOK).
+        completed = await failover[0]
+        result.failover_seconds = await failover[-1]
+        result.notes.append(f"failover completed in the status {completed:.1f} s after the fault")
     try:
         await system.wait_serving()
     except AssertionError:
