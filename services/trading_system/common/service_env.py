@@ -4,7 +4,8 @@ The operator (and the chart) give every pipeline container the same variables (s
 docs/operator.md): ``TRADING_SYSTEM_DATABASE_URL``, ``TRADING_SYSTEM_RABBITMQ_URL``
 (comma-separated nodes allowed), ``TRADING_SYSTEM_POD_NAME``, ``TRADING_SYSTEM_POD_IP``,
 ``TRADING_SYSTEM_HTTP_PORT``, ``TRADING_SYSTEM_INSTANCE`` and ``TRADING_SYSTEM_CONFIG``
-(the path of the pipeline's JSON config: symbols, failover settings). Tokens are read by
+(the path of the pipeline's JSON config: symbols, failover settings), and optionally
+``TRADING_SYSTEM_STARTUP_TIMEOUT`` (see ``common.startup``). Tokens are read by
 ``common.auth`` and never become flags (they would show in the process list). Every
 ``serve`` command takes these as flag defaults, so the same command runs in a pod with
 no flags and on a laptop with explicit ones.
@@ -28,6 +29,7 @@ POD_IP = "TRADING_SYSTEM_POD_IP"
 HTTP_PORT = "TRADING_SYSTEM_HTTP_PORT"
 INSTANCE = "TRADING_SYSTEM_INSTANCE"
 CONFIG = "TRADING_SYSTEM_CONFIG"
+STARTUP_TIMEOUT = "TRADING_SYSTEM_STARTUP_TIMEOUT"
 DEFAULT_HTTP_PORT = 8080
 
 
@@ -44,6 +46,8 @@ class ServiceEnvironment:
     http_port: int
     instance: str | None
     config_path: str | None
+    # Kept as text: argparse converts (and refuses) it only for the commands that use it.
+    startup_timeout: str = "0"
 
     @classmethod
     def read(cls, environ: Mapping[str, str] = os.environ) -> ServiceEnvironment:
@@ -58,6 +62,7 @@ class ServiceEnvironment:
             http_port=int(port) if port.isdigit() else DEFAULT_HTTP_PORT,
             instance=environ.get(INSTANCE) or None,
             config_path=environ.get(CONFIG) or None,
+            startup_timeout=environ.get(STARTUP_TIMEOUT, "").strip() or "0",
         )
 
     def pipeline_config(self) -> dict[str, Any]:
@@ -71,6 +76,17 @@ class ServiceEnvironment:
         if not isinstance(data, dict):
             raise ConfigError(f"pipeline config {self.config_path} is not a JSON object")
         return data
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a non-negative number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
 
 
 def add_store_flags(parser: argparse.ArgumentParser, env: ServiceEnvironment) -> None:
@@ -90,4 +106,13 @@ def add_connection_flags(parser: argparse.ArgumentParser, env: ServiceEnvironmen
     parser.add_argument("--host", default=env.http_host, help=f"HTTP address (default ${POD_IP} or 0.0.0.0)")
     parser.add_argument(
         "--port", type=int, default=env.http_port, help=f"HTTP port (default ${HTTP_PORT} or 8080)"
+    )
+    parser.add_argument(
+        "--startup-timeout",
+        type=seconds,
+        default=env.startup_timeout,
+        metavar="SECONDS",
+        help="how long to wait for PostgreSQL and RabbitMQ to accept the first connection; "
+        f"0 waits indefinitely (default ${STARTUP_TIMEOUT} or 0: in a pod, giving up would "
+        "only get the process restarted)",
     )

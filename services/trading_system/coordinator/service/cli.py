@@ -29,6 +29,7 @@ from trading_system.common.service_env import (
     add_connection_flags,
     add_store_flags,
 )
+from trading_system.common.startup import run_service
 from trading_system.coordinator.protocol import Phase, PhaseTimeouts
 from trading_system.coordinator.risk import RiskPolicy
 from trading_system.coordinator.service.app import CRASH_ENV, CoordinatorConfig, CoordinatorService
@@ -187,8 +188,12 @@ def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
 def run_serve(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     configure_service_logging("coordinator")
-    asyncio.run(CoordinatorService(config).run())
-    return 0
+    return run_service(
+        "coordinator serve",
+        lambda: CoordinatorService(config),
+        startup_timeout=args.startup_timeout,
+        http=(config.http_host, config.http_port),
+    )
 
 
 def _add_txns(sub: Any, env: ServiceEnvironment) -> None:

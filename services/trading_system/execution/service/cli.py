@@ -9,7 +9,6 @@ never flags: they would show in the process list).
 from __future__ import annotations
 
 import argparse
-import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +20,7 @@ from trading_system.common.service_env import (
     ServiceEnvironment,
     add_connection_flags,
 )
+from trading_system.common.startup import run_service
 from trading_system.execution.service.app import ExecutionConfig, ExecutionService, Role
 from trading_system.matching.service.app import parse_symbol
 from trading_system.matching.service.cli import symbols_from_config
@@ -87,8 +87,12 @@ def config_from_args(args: argparse.Namespace) -> ExecutionConfig:
 def run_execution(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     configure_service_logging("execution")
-    asyncio.run(ExecutionService(config).run())
-    return 0
+    return run_service(
+        "execution serve",
+        lambda: ExecutionService(config),
+        startup_timeout=args.startup_timeout,
+        http=(config.http_host, config.http_port),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,7 +10,6 @@ supervisor) promotes one with an epoch.
 from __future__ import annotations
 
 import argparse
-import asyncio
 from collections.abc import Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 from trading_system.bus.config import parse_urls
 from trading_system.common.logging import configure_service_logging
 from trading_system.common.service_env import ConfigError, ServiceEnvironment, add_connection_flags
+from trading_system.common.startup import run_service
 from trading_system.matching.core import SymbolSpec
 from trading_system.matching.service.app import MatchingConfig, MatchingService, parse_symbol
 from trading_system.matching.service.engine_runner import Role
@@ -124,8 +124,12 @@ def config_from_args(args: argparse.Namespace) -> MatchingConfig:
 def run_matching(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     configure_service_logging("matching")
-    asyncio.run(MatchingService(config).run())
-    return 0
+    return run_service(
+        "matching serve",
+        lambda: MatchingService(config),
+        startup_timeout=args.startup_timeout,
+        http=(config.http_host, config.http_port),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
