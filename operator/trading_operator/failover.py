@@ -49,6 +49,12 @@ from trading_system.ha import (
 
 logger = logging.getLogger(__name__)
 
+# A member is deleted only once fenced: the raised epoch already refuses its writes, so it has
+# nothing left to finish, and a failover waits for it to be gone (up to fenceTimeoutSeconds).
+# A short grace keeps "the pod is gone" meaning "its containers stopped" (the kubelet still
+# confirms) without waiting out the pod's own grace period behind, say, a cut network.
+FENCED_MEMBER_GRACE_SECONDS = 1
+
 Pod = Mapping[str, Any]
 PersistState = Callable[[str, PairState], Awaitable[bool]]
 PostEvent = Callable[[str, str, str], None]
@@ -302,7 +308,9 @@ class PairController:
                 return True
             case DeleteMember(name=name):
                 uid = pods.get(name, {}).get("metadata", {}).get("uid")
-                await asyncio.to_thread(kube.delete, "v1", "Pod", ns, name, uid=uid)
+                await asyncio.to_thread(
+                    kube.delete, "v1", "Pod", ns, name, uid=uid, grace_period=FENCED_MEMBER_GRACE_SECONDS
+                )
                 return True
             case PromoteMember(name=name, epoch=epoch):
                 return await self._promote(kube, session, pods, name, epoch, timeout)

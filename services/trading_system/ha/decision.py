@@ -174,7 +174,17 @@ def _count_probe(plan: _Plan) -> None:
     if last is not None and plan.now <= last:
         return  # the same round replayed after a crash must not count twice
     failures = 0 if _active_healthy(plan) else plan.state.failures + 1
+    if _active_gone(plan):
+        # The threshold debounces flaky probes; a member that no longer exists (its pod
+        # deleted, its process reaped) is not coming back, and waiting it out only
+        # prolongs the outage.
+        failures = max(failures, plan.policy.failure_threshold)
     plan.state = replace(plan.state, failures=failures)
+
+
+def _active_gone(plan: _Plan) -> bool:
+    name = plan.state.active
+    return name is not None and not plan.member(name).exists
 
 
 def _active_healthy(plan: _Plan) -> bool:
@@ -225,7 +235,11 @@ def _start_automatic_failover(plan: _Plan) -> bool:
     if blocker is not None or state.standby is None:  # a blocker is None only with a standby
         plan.block(*(blocker or _NO_STANDBY))
         return False
-    reason = f"active {state.active} failed {state.failures} consecutive probe rounds"
+    reason = (
+        f"active {state.active} no longer exists"
+        if _active_gone(plan)
+        else f"active {state.active} failed {state.failures} consecutive probe rounds"
+    )
     _start_failover(plan, FailoverKind.FAILOVER, state.standby, reason)
     return True
 

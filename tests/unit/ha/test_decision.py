@@ -143,7 +143,6 @@ def test_failures_below_threshold_do_nothing_and_a_success_resets_the_counter() 
         {"role": Role.STANDBY},
         {"epoch": 0},
         {"epoch": None},
-        {"exists": False},
     ],
     ids=lambda change: next(iter(change)) + "=" + str(next(iter(change.values()))),
 )
@@ -155,6 +154,20 @@ def test_each_probe_counts_as_a_failure_of_the_active(unhealthy: dict[str, Any])
     )
     decision = decide(state, replace(observation, members=members), POLICY)
     assert decision.state.failures == 1
+
+
+def test_an_active_that_no_longer_exists_fails_over_in_the_next_round() -> None:
+    """No threshold to wait out for a deleted pod or a reaped process: it is not flaky."""
+    state, pair = bootstrap(POLICY)
+    past_cooldown(pair)
+    observation = pair.observe()
+    members = tuple(
+        replace(member, exists=False) if member.name == "m-0" else member for member in observation.members
+    )
+    decision = decide(state, replace(observation, members=members), POLICY)
+    assert raises(list(decision.actions)) == [RaiseEpoch(2)]
+    assert any("m-0 no longer exists" in event.message for event in events(decision.actions))
+    assert decision.state.failover is not None and decision.state.failover.target == "m-1"
 
 
 # --- the automatic failover -----------------------------------------------------------
