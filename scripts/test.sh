@@ -38,7 +38,7 @@ echo "[test] set-up done in $((SECONDS - start)) s"
 echo "[test] lint and types done in $((SECONDS - start)) s"
 
 set +e
-.venv/bin/pytest "$@"
+.venv/bin/pytest --durations=15 "$@"
 status=$?
 if [ $# -eq 0 ] && [ "$(.venv/bin/python scripts/build_accelerated.py --status)" = compiled ]; then
     # The suite above ran the compiled matching core; its own tests run again on the sources.
