@@ -159,9 +159,9 @@ async def kill_the_operator_during_a_failover(fault: Fault) -> None:
     selector = f"{api.LABEL_NAME}=trading-operator"
     for pod in system.kube.list("v1", "Pod", OPERATOR_NAMESPACE, selector):
         system.kube.delete("v1", "Pod", OPERATOR_NAMESPACE, pod["metadata"]["name"], grace_period=0)
-    step = pair.get("failoverStep") if pair.get("failingOver") else "none (already completed)"
+    seen = {k: pair.get(k) for k in ("epoch", "active", "failingOver", "failoverStep")}
     fault.notes.append(
-        f"operator killed {time.monotonic() - fault.started:.1f} s after the delete, failover step {step}"
+        f"operator killed {time.monotonic() - fault.started:.1f} s after the delete, status {seen}"
     )
 
 

@@ -19,6 +19,7 @@ from trading_operator.manifests.common import (
 from trading_operator.spec import Owner, TradingSystemSpec
 
 COMPONENT = "postgres"
+DEV_MAX_CONNECTIONS = 400
 
 
 def deployment(owner: Owner, spec: TradingSystemSpec) -> Manifest:
@@ -43,6 +44,11 @@ def deployment(owner: Owner, spec: TradingSystemSpec) -> Manifest:
                             "name": "postgres",
                             "image": spec.database.dev_image,
                             "imagePullPolicy": spec.image.pull_policy,
+                            # PostgreSQL's default of 100 connections is less than the
+                            # pipeline's pools may open under load (each coordinator
+                            # replica alone up to 64, old and new members overlapping
+                            # during a failover); "postgres" first, for both entrypoints.
+                            "args": ["postgres", "-c", f"max_connections={DEV_MAX_CONNECTIONS}"],
                             "env": [
                                 {"name": "POSTGRES_USER", "value": "trading"},
                                 {"name": "POSTGRES_DB", "value": "trading"},

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import itertools
 import json
 from typing import Any
@@ -206,3 +208,24 @@ def test_pipeline_config_is_json_serialisable_and_points_at_services() -> None:
     assert json.loads(json.dumps(config)) == config
     assert config["services"]["matching"] == "http://prod-matching.trading.svc:8080"
     assert config["rabbitmq"]["nodes"][2] == "prod-rabbitmq-2.prod-rabbitmq-nodes.trading.svc"
+
+
+def test_the_dev_database_admits_every_pool_the_pipeline_may_open() -> None:
+    """PostgreSQL's default 100 connections ran out on real pods during a failover: each
+    coordinator replica's pool may double (its overflow), and a pair's old, new and
+    replacement members overlap while one is fenced."""
+    from trading_system.coordinator.service.app import CoordinatorConfig
+    from trading_system.storage.engine import create_engine
+
+    replicas = 3
+    built = children(coordinator={"replicas": replicas})
+    (postgres,) = containers(built[("Deployment", "prod-postgres")])
+    args = postgres["args"]
+    assert args[0] == "postgres"  # both the official and the local image's entrypoints
+    limit = int(args[args.index("-c") + 1].removeprefix("max_connections="))
+    member_pool = inspect.signature(create_engine).parameters["pool_size"].default
+    coordinator_pool = next(f.default for f in dataclasses.fields(CoordinatorConfig) if f.name == "pool_size")
+    assert isinstance(coordinator_pool, int)
+    coordinators = replicas * 2 * coordinator_pool
+    members = len(api.PAIRS) * 3 * 2 * member_pool
+    assert limit >= coordinators + members + 10  # + the operator's tools and a psql
