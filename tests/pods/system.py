@@ -178,6 +178,19 @@ class DemoSystem:
                 )
             await asyncio.sleep(1)  # polling period
 
+    def pipeline_logs(self, tail: int = 60) -> str:
+        """The last lines of every pipeline pod (what a failed check needs to be explained)."""
+        parts = []
+        for pod in self.pods(f"{api.LABEL_INSTANCE}={NAME}"):
+            name = pod["metadata"]["name"]
+            if "rabbitmq" in name or "postgres" in name:
+                continue
+            with contextlib.suppress(EnvironmentFailure):
+                parts.append(
+                    f"--- {name}\n" + self.cluster.kubectl("logs", "-n", NAMESPACE, name, f"--tail={tail}")
+                )
+        return "\n".join(parts)
+
     def diagnostics(self) -> str:
         parts = []
         for args in (

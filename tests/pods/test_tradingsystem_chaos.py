@@ -292,9 +292,13 @@ async def test_scenario_under_load(demo_system: DemoSystem, scenario: Scenario) 
     finally:
         stop.set()
         await sampler
-    result: ScenarioResult = await check_pipeline(
-        db_url, scenario.name, report, fault_at, engine_id=NAME, specs=system.specs()
-    )
+    try:
+        result: ScenarioResult = await check_pipeline(
+            db_url, scenario.name, report, fault_at, engine_id=NAME, specs=system.specs()
+        )
+    except AssertionError:
+        print(system.diagnostics(), system.pipeline_logs(), sep="\n")
+        raise
     journal = await journal_epochs(db_url, NAME)
     epochs = [epoch for _, epoch in journal]
     result.notes += fault.notes
