@@ -83,6 +83,52 @@ async def commits(dsn: str, prefix: str) -> Commits:
         await db.dispose()
 
 
+async def stages(dsn: str, prefix: str) -> tuple[dict[str, float], dict[str, int]]:
+    """Median seconds per stage of the committed transactions, and how many aborted:
+    where the time between the API and DoCommit went."""
+    db = create_engine(dsn)
+    try:
+        async with db.connect() as conn:
+            rows = (
+                await conn.execute(
+                    text(
+                        "SELECT o.created_at AS api, "
+                        "min(e.at) FILTER (WHERE e.name = 'Created') AS created, "
+                        "min(e.at) FILTER (WHERE e.to_phase = 'pre_commit') AS pre_commit, "
+                        "min(e.at) FILTER (WHERE e.to_phase = 'do_commit') AS do_commit, "
+                        "min(e.at) FILTER (WHERE e.to_phase = 'committed') AS committed "
+                        "FROM execution_orders o JOIN coordinator_transaction_events e "
+                        "ON e.txn_id = 'txn-' || o.order_id WHERE o.client_order_id LIKE :prefix "
+                        "GROUP BY o.order_id, o.created_at"
+                    ),
+                    {"prefix": f"{prefix}-%"},
+                )
+            ).all()
+            reasons = (
+                await conn.execute(
+                    text(
+                        "SELECT split_part(coalesce(t.outcome_reason, ''), ':', 1) AS reason, count(*) AS n "
+                        "FROM execution_orders o JOIN coordinator_transactions t "
+                        "ON t.txn_id = 'txn-' || o.order_id WHERE o.client_order_id LIKE :prefix "
+                        "AND t.phase = 'aborted' GROUP BY 1 ORDER BY 2 DESC"
+                    ),
+                    {"prefix": f"{prefix}-%"},
+                )
+            ).all()
+    finally:
+        await db.dispose()
+    done = [r for r in rows if None not in (r.created, r.pre_commit, r.do_commit, r.committed)]
+    spans = {
+        "api->created": [r.created - r.api for r in done],
+        "created->pre_commit": [r.pre_commit - r.created for r in done],
+        "pre_commit->do_commit": [r.do_commit - r.pre_commit for r in done],
+        "do_commit->committed": [r.committed - r.do_commit for r in done],
+    }
+    found = {name: percentile(values, 0.5) for name, values in spans.items() if values}
+    found["aborted"] = float(sum(r.n for r in reasons))
+    return found, {str(r.reason): int(r.n) for r in reasons}
+
+
 async def open_transactions(dsn: str, prefix: str) -> int:
     """Transactions of this rate's orders that have not ended (or not started) yet."""
     db = create_engine(dsn)
@@ -168,6 +214,13 @@ async def run(dsn: str, urls: list[str], settings: argparse.Namespace) -> None:
                     f"{report.latency_ms(0.99) or 0:.0f} |",
                     flush=True,
                 )
+                if settings.stages:
+                    spent, reasons = await stages(dsn, prefix)
+                    print(
+                        "    p50 s: " + ", ".join(f"{name} {value:.2f}" for name, value in spent.items()),
+                        f"(aborted: {reasons})" if reasons else "",
+                        flush=True,
+                    )
         finally:
             stop.set()
             await task
@@ -202,6 +255,11 @@ def main() -> None:
         type=int,
         default=16,
         help="funded accounts the orders spread over (each one's balance rows are a lock hot spot)",
+    )
+    parser.add_argument(
+        "--stages",
+        action="store_true",
+        help="also print where the time went (median per stage) and how many transactions aborted",
     )
     parser.add_argument(
         "--drain", type=float, default=60.0, help="seconds to wait for the backlog to end after each rate"

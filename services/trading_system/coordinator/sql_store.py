@@ -150,7 +150,7 @@ class EventRow:
 
 def _state_json(txn: Transaction) -> str:
     # The history lives in its own table, one row per entry; the row keeps the rest.
-    return json.dumps(replace(txn, history=()).to_dict())
+    return json.dumps(txn.to_dict(history=False))
 
 
 def _columns(txn: Transaction, deadline: float | None) -> dict[str, Any]:
@@ -210,6 +210,23 @@ def _record(row: Row[Any], history: Iterable[HistoryEntry] = ()) -> TxnRecord:
         float(row.lease_expires_at),
         float(row.updated_at),
         bool(row.outcome_published),
+    )
+
+
+def _claim_statement(txn_id: str, owner: str, now: float, ttl: float) -> Any:
+    # One conditional UPDATE: SET's right-hand sides read the old row, so
+    # lease_previous keeps the owner this claim replaced.
+    free = or_(txns.c.lease_owner.is_(None), txns.c.lease_owner == owner, txns.c.lease_expires_at < now)
+    claimable = and_(txns.c.txn_id == txn_id, txns.c.phase.in_(OPEN_PHASES), free)
+    # A row another writer has changed but not committed yet (its step's save or
+    # release is in a group commit) is skipped, not waited for: waiting would stall
+    # this whole batch behind the other one. Skipped counts as busy: retried shortly.
+    unlocked = select(txns.c.txn_id).where(claimable).with_for_update(skip_locked=True).scalar_subquery()
+    return (
+        update(txns)
+        .where(claimable, txns.c.txn_id == unlocked)
+        .values(lease_previous=txns.c.lease_owner, lease_owner=owner, lease_expires_at=now + ttl)
+        .returning(txns.c.state_json, txns.c.order_json, txns.c.lease_previous)
     )
 
 
@@ -280,23 +297,11 @@ class SqlStore:
         return await self._write(Write("create", txn.txn_id, owner, values, (created,)), insert)
 
     async def claim(self, txn_id: str, owner: str, now: float, ttl: float) -> Claim | None:
-        # One conditional UPDATE: SET's right-hand sides read the old row, so
-        # lease_previous keeps the owner this claim replaced.
-        free = or_(txns.c.lease_owner.is_(None), txns.c.lease_owner == owner, txns.c.lease_expires_at < now)
-        claimable = and_(txns.c.txn_id == txn_id, txns.c.phase.in_(OPEN_PHASES), free)
-        # A row another writer has changed but not committed yet (its step's save or
-        # release is in a group commit) is skipped, not waited for: waiting would stall
-        # this whole batch behind the other one. Skipped counts as busy: retried shortly.
-        unlocked = select(txns.c.txn_id).where(claimable).with_for_update(skip_locked=True).scalar_subquery()
-        statement = (
-            update(txns)
-            .where(claimable, txns.c.txn_id == unlocked)
-            .values(lease_previous=txns.c.lease_owner, lease_owner=owner, lease_expires_at=now + ttl)
-            .returning(txns.c.state_json, txns.c.order_json, txns.c.lease_previous)
-        )
-
         async def take(work: Batch) -> Row[Any] | None:
-            row = (await work.conn.execute(statement)).first()
+            # Built only here: with group commit on PostgreSQL the batch runs the bulk form
+            # (``Write``), and building SQLAlchemy statements per call is CPU a busy
+            # replica does not have.
+            row = (await work.conn.execute(_claim_statement(txn_id, owner, now, ttl))).first()
             if row is None:
                 query = select(txns.c.phase).where(txns.c.txn_id == txn_id)
                 phase = (await work.conn.execute(query)).scalar_one_or_none()
@@ -322,21 +327,22 @@ class SqlStore:
         deadline: float | None,
     ) -> None:
         lease = {"lease_owner": None, "lease_expires_at": 0.0} if release else {"lease_expires_at": now + ttl}
-        statement = (
-            update(txns)
-            .where(txns.c.txn_id == after.txn_id, txns.c.lease_owner == owner)
-            .values(**_columns(after, deadline), **lease, updated_at=now, version=txns.c.version + 1)
-        )
+        columns = _columns(after, deadline)
         rows = _event_rows(before, after, owner)
 
         async def write(work: Batch) -> None:
+            statement = (
+                update(txns)
+                .where(txns.c.txn_id == after.txn_id, txns.c.lease_owner == owner)
+                .values(**columns, **lease, updated_at=now, version=txns.c.version + 1)
+            )
             result = await work.conn.execute(statement)
             if result.rowcount != 1:
                 raise LeaseLostError(after.txn_id)  # before any other write: nothing to undo
             work.later(txn_events, rows)
 
         bulk = {
-            **_columns(after, deadline),
+            **columns,
             "now": now,
             "release": release,
             "expires": lease["lease_expires_at"],
@@ -344,13 +350,12 @@ class SqlStore:
         await self._write(Write("save", after.txn_id, owner, bulk, rows), write)
 
     async def release(self, txn_id: str, owner: str) -> None:
-        statement = (
-            update(txns)
-            .where(txns.c.txn_id == txn_id, txns.c.lease_owner == owner)
-            .values(lease_owner=None, lease_expires_at=0.0)
-        )
-
         async def write(work: Batch) -> None:
+            statement = (
+                update(txns)
+                .where(txns.c.txn_id == txn_id, txns.c.lease_owner == owner)
+                .values(lease_owner=None, lease_expires_at=0.0)
+            )
             await work.conn.execute(statement)
 
         await self._write(Write("release", txn_id, owner), write)
@@ -395,10 +400,10 @@ class SqlStore:
             return [_record(row) for row in await conn.execute(query)]
 
     async def mark_published(self, txn_id: str) -> None:
-        statement = update(txns).where(txns.c.txn_id == txn_id).values(outcome_published=True)
-
         async def write(work: Batch) -> None:
-            await work.conn.execute(statement)
+            await work.conn.execute(
+                update(txns).where(txns.c.txn_id == txn_id).values(outcome_published=True)
+            )
 
         await self._write(Write("published", txn_id), write)
 

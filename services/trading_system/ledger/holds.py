@@ -21,7 +21,10 @@ from trading_system.ledger.errors import (
     IdempotencyConflictError,
     InsufficientFundsError,
     RetryableConflictError,
+    UnknownAccountError,
+    UnknownAssetError,
 )
+from trading_system.ledger.procedures import CALL_BIND, CALL_RELEASE, CALL_RESERVE, call, on_postgres
 from trading_system.ledger.schema import balances, holds
 from trading_system.ledger.types import (
     EntryKind,
@@ -32,7 +35,7 @@ from trading_system.ledger.types import (
     ReserveResult,
 )
 from trading_system.ledger.validation import require_amount, require_id
-from trading_system.storage.fencing import FenceToken, check_fence
+from trading_system.storage.fencing import FencedError, FenceToken, check_fence
 from trading_system.storage.transactions import Database, transaction
 
 HOLD_COLUMNS = (
@@ -94,6 +97,31 @@ _GIVE_BACK = (
 )
 
 
+def _refused(row: Any, fence: FenceToken) -> None:
+    """The fence refusal every stored function answers the same way."""
+    if row.status == "fenced":
+        raise FencedError(fence.pair_name, fence.epoch, None if row.number is None else int(row.number))
+
+
+def _expect(row: Any, status: str) -> None:
+    if row.status != status:
+        raise RuntimeError(f"unexpected ledger function answer {row.status!r}")
+
+
+def _returned_hold(row: Any) -> Hold:
+    return Hold(
+        hold_id=row.h_id,
+        account_id=row.h_account,
+        asset=row.h_asset,
+        order_id=row.h_order,
+        reserved=int(row.h_reserved),
+        remaining=int(row.h_remaining),
+        order_qty=int(row.h_qty),
+        filled_qty=int(row.h_filled),
+        state=HoldState(row.h_state),
+    )
+
+
 def hold_from_row(row: Any) -> Hold:
     return Hold(
         hold_id=row.hold_id,
@@ -133,6 +161,8 @@ async def reserve(
     require_amount("order_qty", order_qty)
     if order_id is not None:
         require_id("order_id", order_id)
+    if on_postgres(db):
+        return await _reserve_in_function(db, fence, hold_id, account_id, asset, amount, order_qty, order_id)
     try:
         async with transaction(db) as conn:
             await check_fence(conn, fence)
@@ -178,6 +208,49 @@ async def reserve(
         # Two reserves with the same hold or order id at the same moment: the loser
         # rolled back; its retry will see the winner's hold.
         raise RetryableConflictError(f"reserve {hold_id!r} raced with another writer") from exc
+    hold = Hold(hold_id, account_id, asset, order_id, amount, amount, order_qty, 0, HoldState.RESERVED)
+    return ReserveResult(hold, created=True)
+
+
+async def _reserve_in_function(
+    db: Database,
+    fence: FenceToken,
+    hold_id: str,
+    account_id: str,
+    asset: str,
+    amount: int,
+    order_qty: int,
+    order_id: str | None,
+) -> ReserveResult:
+    """``reserve`` as one statement (``ledger.procedures``), with the same answers."""
+    params = {
+        "pair": fence.pair_name,
+        "epoch": fence.epoch,
+        "hold": hold_id,
+        "account": account_id,
+        "asset": asset,
+        "amount": amount,
+        "qty": order_qty,
+        "order_id": order_id,
+    }
+    try:
+        row = await call(db, CALL_RESERVE, params)
+    except IntegrityError as exc:
+        raise RetryableConflictError(f"reserve {hold_id!r} raced with another writer") from exc
+    _refused(row, fence)
+    if row.status == "order_taken":
+        raise IdempotencyConflictError(f"order {order_id!r} already has hold {row.other!r}")
+    if row.status == "exists":
+        found = _returned_hold(row)
+        _check_same_reserve(found, account_id, asset, amount, order_qty, order_id)
+        return ReserveResult(found, created=False)
+    if row.status == "unknown_account":
+        raise UnknownAccountError(account_id)
+    if row.status == "unknown_asset":
+        raise UnknownAssetError(asset)
+    if row.status == "insufficient":
+        raise InsufficientFundsError(account_id, asset, amount, int(row.number))
+    _expect(row, "created")
     hold = Hold(hold_id, account_id, asset, order_id, amount, amount, order_qty, 0, HoldState.RESERVED)
     return ReserveResult(hold, created=True)
 
@@ -234,6 +307,19 @@ async def release(db: Database, fence: FenceToken, hold_id: str, *, reason: str 
     """
     require_id("hold_id", hold_id)
     require_id("reason", reason)
+    if on_postgres(db):
+        params = {"pair": fence.pair_name, "epoch": fence.epoch, "hold": hold_id, "reason": reason}
+        try:
+            row = await call(db, CALL_RELEASE, params)
+        except IntegrityError as exc:
+            raise RetryableConflictError(f"release {hold_id!r} raced with another writer") from exc
+        _refused(row, fence)
+        if row.status == "absent":
+            return ReleaseResult(hold_id, ReleaseStatus.ABSENT, 0)
+        if row.status == "already_closed":
+            return ReleaseResult(hold_id, ReleaseStatus.ALREADY_CLOSED, 0)
+        _expect(row, "released")
+        return ReleaseResult(hold_id, ReleaseStatus.RELEASED, int(row.number))
     try:
         async with transaction(db) as conn:
             await check_fence(conn, fence)
@@ -294,6 +380,24 @@ async def bind_hold(db: Database, fence: FenceToken, hold_id: str, order_id: str
     """
     require_id("hold_id", hold_id)
     require_id("order_id", order_id)
+    if on_postgres(db):
+        params = {"pair": fence.pair_name, "epoch": fence.epoch, "hold": hold_id, "order_id": order_id}
+        row = await call(db, CALL_BIND, params)
+        _refused(row, fence)
+        if row.status == "not_found":
+            raise HoldNotFoundError(hold_id)
+        if row.status == "released":
+            raise HoldStateError(f"hold {hold_id!r} is released; the transaction cannot commit")
+        if row.status == "bound_other":
+            raise IdempotencyConflictError(
+                f"hold {hold_id!r} is bound to order {row.other!r}, not {order_id!r}"
+            )
+        if row.status == "order_taken":
+            raise IdempotencyConflictError(f"order {order_id!r} already has hold {row.other!r}")
+        if row.status == "unchanged":
+            return _returned_hold(row)
+        _expect(row, "bound")
+        return replace(_returned_hold(row), order_id=order_id, state=HoldState.BOUND)
     async with transaction(db) as conn:
         await check_fence(conn, fence)
         hold = await _lock_hold(conn, hold_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from trading_system.ledger.procedures import create_functions
 from trading_system.ledger.schema import accounts, ledger_metadata
 from trading_system.ledger.types import FEE_ACCOUNT, AccountKind
 from trading_system.storage.fencing import FENCING_COMPONENT, FENCING_MIGRATIONS
@@ -23,7 +24,11 @@ async def _initial(conn: AsyncConnection) -> None:
     await conn.execute(accounts.insert().values(account_id=FEE_ACCOUNT, kind=AccountKind.FEE.value))
 
 
-LEDGER_MIGRATIONS = (Migration(1, "ledger tables and fee account", _initial),)
+LEDGER_MIGRATIONS = (
+    Migration(1, "ledger tables and fee account", _initial),
+    # PostgreSQL only (a no-op on SQLite): see ledger.procedures.
+    Migration(2, "reserve, release and bind as stored functions", create_functions),
+)
 
 
 async def migrate_ledger(engine: AsyncEngine) -> list[int]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from trading_system.bus import Envelope, MessageBus
 from trading_system.bus.catalog import OrderCancel, OrderNew
@@ -64,7 +64,8 @@ from trading_system.pipeline.orders import (
     txn_id_for,
 )
 from trading_system.pipeline.venue import ABORT_CANCEL_PREFIX, CANCEL_PREFIX, NEW_PREFIX
-from trading_system.storage import FencedError, transaction
+from trading_system.storage import FencedError
+from trading_system.storage.transactions import Database
 
 log = logging.getLogger(__name__)
 
@@ -99,23 +100,36 @@ class LedgerRunner(Protocol):
     @property
     def db(self) -> AsyncEngine: ...
 
-    async def run(self, operation: Callable[[AsyncConnection], Awaitable[T]]) -> T: ...
+    async def run(self, operation: Callable[[Database], Awaitable[T]]) -> T: ...
 
 
 class DirectLedger:
     """Each operation in its own transaction, concurrently: on PostgreSQL this beats one
-    group-commit writer, whose batches run their operations one after the other."""
+    group-commit writer, whose batches run their operations one after the other.
 
-    def __init__(self, db: AsyncEngine) -> None:
+    The operation gets the engine, not a connection in a transaction: every ledger
+    operation opens its own transaction from an engine, and the hot ones (reserve, bind,
+    release) are then one autocommitted statement on PostgreSQL, without the BEGIN and
+    COMMIT round trips (see ``ledger.procedures``).
+    """
+
+    def __init__(self, db: AsyncEngine, *, concurrency: int | None = None) -> None:
         self._db = db
+        # At most this many at once: more than the pool holds makes the pool open and close
+        # overflow connections all the time (a connect, asyncpg's type introspection and
+        # the statements prepared again, each time), which profiles showed as a sixth of
+        # a busy replica's CPU.
+        self._slots = asyncio.Semaphore(concurrency) if concurrency else None
 
     @property
     def db(self) -> AsyncEngine:
         return self._db
 
-    async def run(self, operation: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-        async with transaction(self._db) as conn:
-            return await operation(conn)
+    async def run(self, operation: Callable[[Database], Awaitable[T]]) -> T:
+        if self._slots is None:
+            return await operation(self._db)
+        async with self._slots:
+            return await operation(self._db)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +189,8 @@ class CoordinatorDriver:
         self.in_flight: set[str] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._placing: asyncio.Semaphore | None = None
+        self._driving: asyncio.Semaphore | None = None
 
     async def start(self, *, await_events: bool = False, concurrency: int = 32) -> None:
         """``await_events``: handle venue events before acknowledging them (a service
@@ -214,6 +230,55 @@ class CoordinatorDriver:
                 return None
             return await self._run(Claim(txn, order, taken_over=False, previous_owner=None), p.Begin(now))
 
+    async def place_detached(self, order: OrderRequest, *, limit: int = 256) -> bool:
+        """Create the transaction, then run it in the background; True if it was created.
+
+        Returns once the creation is committed: from then on the transaction cannot be
+        lost (if this replica dies, the sweep of another takes it over in ``INIT`` and
+        sends ``Begin``), so the request may be acknowledged. Why: the bus hands the items
+        of a batched request message to the handler one after the other, and running
+        each placement to the venue before taking the next made a batch as slow as all
+        its placements in a row. ``limit`` bounds the placements running at once (the
+        request's wait for a slot is the back pressure).
+        """
+        if self._placing is None:
+            self._placing = asyncio.Semaphore(limit)
+        await self._placing.acquire()
+        created: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(self._place_in_background(order, created), name="coordinator-place")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return await asyncio.shield(created)
+
+    async def _place_in_background(self, order: OrderRequest, created: asyncio.Future[bool]) -> None:
+        assert self._placing is not None
+        try:
+            txn_id = txn_id_for(order.order_id)
+            now = self.clock()
+            txn = p.Transaction.new(txn_id, PARTICIPANTS, self.owner, now)
+            lock = self._locks.setdefault(txn_id, asyncio.Lock())
+            async with lock:
+                try:
+                    new = await self.store.create(
+                        txn, order, self.owner, now, self.lease.ttl, txn.deadline(self.timeouts)
+                    )
+                except BaseException as exc:
+                    created.set_exception(exc)
+                    raise
+                created.set_result(new)
+                if not new:
+                    self.stats.duplicates += 1
+                    return
+                await self._run(Claim(txn, order, taken_over=False, previous_owner=None), p.Begin(now))
+        except Exception:
+            # The creation is durable and its lease runs out: a sweep re-drives it.
+            if created.done() and not created.cancelled() and created.exception() is None:
+                log.exception("placement of %s failed after its creation", order.order_id)
+        finally:
+            if not created.done():  # stopped before the creation: the request is retried
+                created.set_exception(RuntimeError(f"placement of {order.order_id} stopped"))
+            self._placing.release()
+
     async def cancel(self, order: OrderRequest, *, compensation: bool = False) -> None:
         """A client cancel goes straight to the venue; the venue's event closes the order.
 
@@ -232,7 +297,14 @@ class CoordinatorDriver:
 
     # -- the step loop --------------------------------------------------------------------
 
-    async def drive(self, txn_id: str, event: p.Event | None, *, wait: bool = True) -> p.Transaction | None:
+    async def drive(
+        self,
+        txn_id: str,
+        event: p.Event | None,
+        *,
+        wait: bool = True,
+        durable: asyncio.Future[None] | None = None,
+    ) -> p.Transaction | None:
         """Apply ``event`` (None: only take over or time out what is due) under the lease.
 
         Returns the transaction after the step, or None if it is unknown or another
@@ -247,7 +319,7 @@ class CoordinatorDriver:
                 return None
             if event is None:
                 event = self._sweep_event(claim)
-            return await self._run(claim, event)
+            return await self._run(claim, event, durable)
 
     def _sweep_event(self, claim: Claim) -> p.Event | None:
         """What a sweep applies: the due timeout, or ``Begin`` for a creation whose replica died."""
@@ -271,16 +343,22 @@ class CoordinatorDriver:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.1)
 
-    async def _run(self, claim: Claim, event: p.Event | None) -> p.Transaction:
+    async def _run(
+        self, claim: Claim, event: p.Event | None, durable: asyncio.Future[None] | None = None
+    ) -> p.Transaction:
         # Only leases of steps in progress are renewed (placements included): a step that
         # died on a database error lets its lease expire, and a sweep takes it over.
         self.in_flight.add(claim.transaction.txn_id)
         try:
-            return await self._step(claim, event)
+            return await self._step(claim, event, durable)
         finally:
             self.in_flight.discard(claim.transaction.txn_id)
 
-    async def _step(self, claim: Claim, event: p.Event | None) -> p.Transaction:
+    async def _step(
+        self, claim: Claim, event: p.Event | None, durable: asyncio.Future[None] | None = None
+    ) -> p.Transaction:
+        """Apply the events and run their effects; ``durable`` is resolved once the first
+        step is saved (the event is then part of the stored transaction)."""
         txn, order = claim.transaction, claim.order
         pending: list[p.Event] = []
         if claim.taken_over:
@@ -303,6 +381,7 @@ class CoordinatorDriver:
                     continue  # nothing acts on this state yet: one save covers it and the next
                 released = not step.effects and not pending
                 saved = txn = await self._save(saved, txn, order, released)
+                _resolve(durable)
                 for effect in step.effects:
                     outcome = await self._execute(effect, order)
                     if outcome is not None:
@@ -310,6 +389,7 @@ class CoordinatorDriver:
             if txn is not saved:  # the events after the last save were refused
                 released = True
                 saved = txn = await self._save(saved, txn, order, released)
+                _resolve(durable)
         except LeaseLostError:
             self.stats.lease_lost += 1
             released = True  # not ours any more: nothing to release
@@ -392,7 +472,7 @@ class CoordinatorDriver:
             log.exception("effect %s failed", effect)
         return None
 
-    async def _ledger(self, operation: Callable[[AsyncConnection, FenceToken], Awaitable[T]]) -> T:
+    async def _ledger(self, operation: Callable[[Database, FenceToken], Awaitable[T]]) -> T:
         """Run a ledger write; after a failover of the fence's pair, retry once at the new epoch."""
         try:
             return await self.ledger.run(lambda c: operation(c, self.fence))
@@ -460,13 +540,57 @@ class CoordinatorDriver:
             self._spawn(txn_id, event)
 
     async def handle_events_now(self, envelope: Envelope[Any]) -> None:
-        """The service's handler: the events are stored before the message is acknowledged."""
+        """The service's handler: the events are stored before the message is acknowledged.
+
+        Each event's step goes on in the background once the event is saved (see
+        ``drive_detached``): the bus hands a batched message's items over one after the
+        other, and waiting for every bind and outcome in a row made the venue's answers
+        to a whole runner batch wait for each other.
+        """
         await asyncio.gather(
             *(
-                self.drive(txn_id, event)
+                self.drive_detached(txn_id, event)
                 for txn_id, event in venue_events(envelope.payload.events, self.clock())
             )
         )
+
+    async def drive_detached(self, txn_id: str, event: p.Event, *, limit: int = 256) -> None:
+        """``drive``, returning once the event is durable: its first step is saved, or it
+        changed nothing (refused, unknown transaction, or a lease kept by another replica
+        for longer than ``claim_wait``, as ``drive`` answers None).
+
+        What remains runs in the background under the lease. If this replica dies before
+        it ends, the saved phase is what another replica resumes from (``resume``): the
+        effects of a saved phase are re-driven, never lost. An error before the event was
+        saved is raised here, so the message is retried as before.
+        """
+        if self._driving is None:
+            self._driving = asyncio.Semaphore(limit)
+        await self._driving.acquire()
+        durable: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(
+            self._drive_in_background(txn_id, event, durable), name="coordinator-drive"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        await asyncio.shield(durable)
+
+    async def _drive_in_background(self, txn_id: str, event: p.Event, durable: asyncio.Future[None]) -> None:
+        assert self._driving is not None
+        try:
+            await self.drive(txn_id, event, durable=durable)
+        except BaseException as exc:
+            if not durable.done():
+                durable.set_exception(exc)  # not saved: the handler fails, the message is retried
+            elif isinstance(exc, Exception):
+                # Saved already: the lease runs out and a sweep re-drives the saved phase.
+                log.exception("step of %s failed after its event was saved", txn_id)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            _resolve(durable)
+        finally:
+            self._driving.release()
 
     def _spawn(self, txn_id: str, event: p.Event) -> None:
         # Transactions advance concurrently (their ledger writes share group commits);
@@ -506,6 +630,11 @@ class CoordinatorDriver:
 
     def order_of(self, txn_id: str) -> str:
         return order_id_of(txn_id)
+
+
+def _resolve(durable: asyncio.Future[None] | None) -> None:
+    if durable is not None and not durable.done():
+        durable.set_result(None)
 
 
 def venue_events(events: tuple[tuple[Any, ...], ...], now: float) -> list[tuple[str, p.Event]]:

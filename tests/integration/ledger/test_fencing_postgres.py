@@ -38,6 +38,7 @@ async def test_a_zombie_writer_is_cut_off_at_promotion(pg_world: World, engine: 
     """The old active keeps writing through a promotion; nothing it starts afterwards lands."""
     w = pg_world
     promoted = asyncio.Event()
+    writing = asyncio.Event()
     landed: list[int] = []
     refused_after_promotion = 0
 
@@ -56,9 +57,13 @@ async def test_a_zombie_writer_is_cut_off_at_promotion(pg_world: World, engine: 
                 continue
             assert not started_after, "a write that began after the promotion committed"
             landed.append(i)
+            if len(landed) == 10:
+                writing.set()
 
     task = asyncio.create_task(zombie())
-    await asyncio.sleep(0.3)
+    # Promote while the zombie is writing (a reserve is one short statement: a fixed
+    # sleep could let all of them finish before the promotion).
+    await asyncio.wait_for(writing.wait(), 30)
     await raise_epoch(engine, PAIR, 2, "standby")
     promoted.set()
     await asyncio.wait_for(task, 60)

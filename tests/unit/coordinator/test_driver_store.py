@@ -177,3 +177,41 @@ async def test_a_step_that_fails_on_the_database_leaves_nothing_in_flight(world:
     assert seen_in_flight[0] == {"txn-o-9"}  # while the placement's step ran, its lease was renewable
     assert driver.in_flight == set()
     assert await world.store.renew("flaky", driver.in_flight, time.time(), 1.0) == 0
+
+
+async def test_a_detached_placement_returns_once_created_and_runs_on(world: World) -> None:
+    driver = world.driver("a")
+    assert await driver.place_detached(order("o-10")) is True
+    # Created (and so durable) when the request may be acknowledged; the rest goes on.
+    assert await world.store.get("txn-o-10") is not None
+
+    async def sent() -> bool:
+        record = await world.store.get("txn-o-10")
+        return record is not None and record.transaction.phase is p.Phase.PRE_COMMIT
+
+    await eventually(sent, within=5.0, what="the detached placement reached the venue")
+    assert await driver.place_detached(order("o-10")) is False
+    await driver.stop()
+    assert driver.stats.duplicates == 1
+
+
+async def test_a_detached_event_is_saved_before_it_returns(world: World) -> None:
+    placer = world.driver("a")
+    assert await placer.place(order("o-11")) is not None
+    steps: list[p.Phase] = []
+    driver = world.driver("b")
+    driver.hooks.on_saved = lambda _before, after: steps.append(after.phase)
+    await driver.drive_detached("txn-o-11", p.VenueAccepted(time.time()))
+    # The accept's own step is stored; the bind and the commit may still be running.
+    assert steps[0] is p.Phase.DO_COMMIT
+    await driver.stop()
+    record = await world.store.get("txn-o-11")
+    assert record is not None and record.transaction.phase is p.Phase.COMMITTED
+    assert record.lease_owner is None
+
+
+async def test_a_detached_event_for_an_unknown_transaction_changes_nothing(world: World) -> None:
+    driver = world.driver("a")
+    await driver.drive_detached("txn-unknown", p.VenueAccepted(time.time()))
+    await driver.stop()
+    assert await world.store.get("txn-unknown") is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -140,3 +141,34 @@ async def test_venue_reject_cancel_and_expiry(harness: Harness) -> None:
     assert h.service.book.outcome(b, committed=False, reason="late") is False
     resp = await h.client.get("/orders", params={"status": "cancelled"}, headers=AUTH)
     assert [o["order_id"] for o in (await resp.json())["orders"]] == [b]
+
+
+async def test_concurrent_saves_share_writes_and_a_failed_one_is_retried(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h = harness
+    ids = []
+    for i in range(6):
+        resp = await h.client.post("/orders", json=order_body(f"share-{i}"), headers=AUTH)
+        ids.append((await resp.json())["order_id"])
+    store = h.service.store
+    real = store.save_orders
+    writes: list[set[str]] = []
+    fail = [True]
+
+    async def counting(fence: Any, records: Any) -> None:
+        records = list(records)
+        writes.append({r.order_id for r in records})
+        await asyncio.sleep(0.02)  # a commit takes time: the other callers queue up meanwhile
+        if fail[0]:
+            fail[0] = False
+            raise RuntimeError("database hiccup")
+        await real(fence, records)
+
+    monkeypatch.setattr(store, "save_orders", counting)
+    results = await asyncio.gather(*(h.service._save({oid}) for oid in ids), return_exceptions=True)
+    # The first write failed (its caller hears it); the callers behind it shared the next
+    # write, which also carried the failed write's orders.
+    assert isinstance(results[0], RuntimeError) and all(r is None for r in results[1:])
+    assert len(writes) < len(ids)
+    assert set().union(*writes[1:]) == set(ids) and not h.service._dirty

@@ -69,7 +69,7 @@ class LedgerContract:
 
     async def test_migrations_are_recorded_and_idempotent(self, world: World) -> None:
         assert await migrate_ledger(world.engine) == []
-        assert await applied_versions(world.engine, "ledger") == [1]
+        assert await applied_versions(world.engine, "ledger") == [1, 2]
         assert await applied_versions(world.engine, "fencing") == [1]
 
     # ------------------------------------------------------------- deposits

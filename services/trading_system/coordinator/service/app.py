@@ -40,6 +40,7 @@ from trading_system.matching.core import Side
 from trading_system.pipeline.coordinator import CoordinatorDriver, DirectLedger, DriverHooks, LeaseSettings
 from trading_system.pipeline.messages import OUTCOME_KEY, Names, registry, topology
 from trading_system.pipeline.orders import OrderRequest
+from trading_system.pipeline.publish_batcher import PublishBatcher
 from trading_system.storage import create_engine, current_token
 from trading_system.storage.fencing import FencedError
 
@@ -126,13 +127,23 @@ class CoordinatorService:
             GroupCommitter(self.db, writers=config.commit_writers) if config.commit_writers > 0 else None
         )
         self.store = SqlStore(self.db, committer)
-        self.ledger = DirectLedger(self.db)
+        # Room left in the pool for the group commit's writers and the background loops.
+        self.ledger = DirectLedger(self.db, concurrency=max(1, config.pool_size - config.commit_writers - 6))
         self.bus = bus or MessageBus.from_env(
             mode=config.bus_mode,
             urls=config.bus_urls or None,
             service=f"coordinator-{config.replica}",
             registry=registry(),
             metrics_registry=self.registry,
+        )
+        # Outcomes of concurrent transactions share AMQP messages (execution consumes them).
+        self.outcomes = PublishBatcher(
+            self.bus,
+            exchange=self.names.exchange,
+            routing_key=OUTCOME_KEY,
+            max_batch=32,
+            writers=2,
+            name="coordinator-outcomes",
         )
         crash = crash_hook(config.crash_at)
 
@@ -190,6 +201,7 @@ class CoordinatorService:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.driver.stop()
+        await self.outcomes.close()
         await self.bus.close()
         await self.store.close()
         await self.http.stop()
@@ -265,8 +277,7 @@ class CoordinatorService:
             )
             await self.bus.publish(outcome, exchange=self.names.exchange, routing_key=OUTCOME_KEY)
             return
-        txn = await self.driver.place(order)
-        if txn is not None:
+        if await self.driver.place_detached(order, limit=4 * self.config.concurrency):
             self.metrics.requests.labels("place", "started").inc()
             return
         # A redelivered or repeated request: one transaction per order id. If it has
@@ -283,9 +294,7 @@ class CoordinatorService:
         outcome = TxnOutcome(
             transaction_id=txn.txn_id, order_id=order.order_id, result=result, reason=txn.outcome_reason or ""
         )
-        await self.bus.publish(
-            outcome, exchange=self.names.exchange, routing_key=OUTCOME_KEY, transaction_id=txn.txn_id
-        )
+        await self.outcomes.publish(outcome, transaction_id=txn.txn_id)
         await self.store.mark_published(txn.txn_id)
 
     async def publish_pending_outcomes(self) -> int:

@@ -60,6 +60,7 @@ from trading_system.pipeline.ledger_gate import LedgerGate
 from trading_system.pipeline.messages import CANCEL_KEY, PLACE_KEY, MatchingEvents, Names, topology
 from trading_system.pipeline.messages import registry as bus_registry
 from trading_system.pipeline.orders import txn_id_for
+from trading_system.pipeline.publish_batcher import PublishBatcher
 from trading_system.pipeline.settlement import SettlementConsumer
 from trading_system.storage import create_engine
 from trading_system.storage.fencing import FencedError, FenceToken, raise_epoch, read_fence
@@ -262,6 +263,9 @@ class ExecutionService:
         if MatchingEvents not in self.bus.registry:
             self.bus.registry.register(MatchingEvents)
         self.metrics = ExecutionMetrics.create(registry)
+        # Counted when scraped: counting every order on every save was O(orders) per
+        # matching message, a CPU cost that grew with the run.
+        self.metrics.live_orders.set_function(self._live_count)
         self.book = ExecutionBook()
         self.parents: dict[str, ParentRecord] = {}
         self.limiter = RateLimiter(config.rate, config.burst)
@@ -277,14 +281,28 @@ class ExecutionService:
         self._role_lock = asyncio.Lock()
         self._write_lock = asyncio.Lock()
         self.inserts = GroupCommit(lambda records: self.store.insert_orders(self.fence, records))
+        # Concurrent submits share AMQP messages: each is still answered only once the
+        # broker confirmed the message carrying its placement.
+        self.placements = PublishBatcher(
+            self.bus,
+            exchange=self.names.exchange,
+            routing_key=PLACE_KEY,
+            max_batch=32,
+            writers=4,
+            name="execution-placements",
+        )
         self._subscriptions: list[Subscription] = []
         self.ledger_gate = LedgerGate(self.db)
         self._unpublished: set[str] = set()
         self._dirty: set[str] = set()
+        self._to_save: set[str] = set()
         self._parents_reported: set[str] = set()
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._report_role()
+
+    def _live_count(self) -> float:
+        return float(sum(1 for r in self.book.orders.values() if r.live))
 
     def _handler(self, route: Route) -> Handler:
         method: Handler = getattr(self, route.handler_name)
@@ -336,6 +354,7 @@ class ExecutionService:
         await self.ledger_gate.stop()
         await self.http.stop()
         await self.inserts.close()
+        await self.placements.close()
         await self.bus.close()
         await self.db.dispose()
 
@@ -346,7 +365,6 @@ class ExecutionService:
         records, parents = await self.store.load()
         self.book.replace_all(records)
         self.parents = {p.parent_id: p for p in parents}
-        self.metrics.live_orders.set(sum(1 for r in records if r.live))
 
     async def _every(self, interval: float, step: Callable[[], Awaitable[None]]) -> None:
         while not self._stop.is_set():
@@ -428,7 +446,9 @@ class ExecutionService:
             return
         self._subscriptions = [
             await self.bus.subscribe(self.names.execution, self._on_events, prefetch=100),
-            await self.bus.subscribe(self.names.outcomes, self._on_outcome, prefetch=100),
+            # Outcomes of different orders are independent: handled concurrently, their
+            # saves share writes (see ``_save``) instead of one commit per outcome.
+            await self.bus.subscribe(self.names.outcomes, self._on_outcome, prefetch=100, concurrency=32),
         ]
         if self.config.settle:
             settlement = SettlementConsumer(
@@ -458,9 +478,20 @@ class ExecutionService:
             raise
 
     async def _save(self, order_ids: Iterable[str]) -> None:
-        """Persist the current state of these orders (and any whose last save failed)."""
+        """Persist the current state of these orders (and any whose last save failed).
+
+        Concurrent callers share writes: each adds its ids to ``_to_save`` and the first
+        to get the lock writes everyone's, so a caller that then finds its ids gone
+        knows a write that started after its change has committed them (a failed write
+        leaves them in ``_dirty``, which the next write includes).
+        """
+        mine = set(order_ids)
+        self._to_save |= mine
         async with self._write_lock:
-            ids = self._dirty | set(order_ids)
+            ids = self._dirty | self._to_save
+            self._to_save = set()
+            if mine and not ids:
+                return
             records = [self.book.orders[i] for i in ids if i in self.book.orders]
             try:
                 await self._guard(self.store.save_orders(self.fence, records))
@@ -468,7 +499,6 @@ class ExecutionService:
                 self._dirty = ids
                 raise
             self._dirty = set()
-        self.metrics.live_orders.set(sum(1 for r in self.book.orders.values() if r.live))
 
     # -- bus ------------------------------------------------------------------------------------
 
@@ -539,12 +569,7 @@ class ExecutionService:
             time_in_force=record.time_in_force,
             post_only=record.post_only,
         )
-        await self.bus.publish(
-            message,
-            exchange=self.names.exchange,
-            routing_key=PLACE_KEY,
-            transaction_id=txn_id_for(record.order_id),
-        )
+        await self.placements.publish(message, transaction_id=txn_id_for(record.order_id))
         self._unpublished.discard(record.order_id)
 
     async def _publish_cancel(self, record: OrderRecord, reason: str) -> None:
