@@ -171,6 +171,20 @@ async def exit_code(proc: subprocess.Popen[bytes], bound: float = BOUND) -> int:
     return proc.returncode
 
 
+def connection_args(db_url: str, bus_url: str, http_port: int) -> list[str]:
+    """What every ``serve`` takes to reach its dependencies and serve HTTP."""
+    dependencies = ["--db-url", db_url, "--bus-mode", "rabbitmq", "--bus-url", bus_url]
+    return [*dependencies, "--host", "127.0.0.1", "--port", str(http_port)]
+
+
+def nothing_listens(db_port: int, mq_port: int, http_port: int) -> list[str]:
+    db_url, bus_url = (
+        f"postgresql+asyncpg://ts@127.0.0.1:{db_port}/ts",
+        f"amqp://guest:guest@127.0.0.1:{mq_port}/",
+    )
+    return connection_args(db_url, bus_url, http_port)
+
+
 def matching_args(db_url: str, bus_url: str, http_port: int) -> list[str]:
     tag = uuid.uuid4().hex[:8]
     return [
@@ -179,16 +193,7 @@ def matching_args(db_url: str, bus_url: str, http_port: int) -> list[str]:
         "--namespace",
         f"startup{tag}",
         "--no-orders",
-        "--db-url",
-        db_url,
-        "--bus-mode",
-        "rabbitmq",
-        "--bus-url",
-        bus_url,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(http_port),
+        *connection_args(db_url, bus_url, http_port),
         "--symbol",
         "BTC-USD:1:1",
     ]
@@ -266,19 +271,9 @@ async def test_unknown_database_or_role_fails_fast(
     wrong = real.set(database=database or real.database, username=role or real.username)
     mq_port, http_port = free_ports(2)
     log = tmp_path / "execution.log"
-    args = [
-        "--db-url",
-        wrong.render_as_string(hide_password=False),
-        "--bus-mode",
-        "rabbitmq",
-        # Nothing listens there: the refusal ends the wait even while the broker is down.
-        "--bus-url",
-        f"amqp://guest:guest@127.0.0.1:{mq_port}/",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(http_port),
-    ]
+    # Nothing listens at the broker's port: the refusal ends the wait even while it is down.
+    broker = f"amqp://guest:guest@127.0.0.1:{mq_port}/"
+    args = connection_args(wrong.render_as_string(hide_password=False), broker, http_port)
     proc = serve("execution", *args, log=log)
     assert await exit_code(proc, bound=30) == 1
     text = log.read_text()
@@ -297,20 +292,7 @@ async def test_malformed_url_fails_fast(tmp_path: Path) -> None:
 async def test_startup_timeout_gives_up_with_the_reason(tmp_path: Path) -> None:
     db_port, mq_port, http_port = free_ports(3)
     log = tmp_path / "execution.log"
-    args = [
-        "--db-url",
-        f"postgresql+asyncpg://ts@127.0.0.1:{db_port}/ts",
-        "--bus-mode",
-        "rabbitmq",
-        "--bus-url",
-        f"amqp://guest:guest@127.0.0.1:{mq_port}/",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(http_port),
-        "--startup-timeout",
-        "1.5",
-    ]
+    args = [*nothing_listens(db_port, mq_port, http_port), "--startup-timeout", "1.5"]
     proc = serve("execution", *args, log=log)
     assert await exit_code(proc, bound=30) == 1
     text = log.read_text()
@@ -321,18 +303,7 @@ async def test_startup_timeout_gives_up_with_the_reason(tmp_path: Path) -> None:
 async def test_sigterm_while_waiting_exits_cleanly(tmp_path: Path) -> None:
     db_port, mq_port, http_port = free_ports(3)
     log = tmp_path / "coordinator.log"
-    args = [
-        "--db-url",
-        f"postgresql+asyncpg://ts@127.0.0.1:{db_port}/ts",
-        "--bus-mode",
-        "rabbitmq",
-        "--bus-url",
-        f"amqp://guest:guest@127.0.0.1:{mq_port}/",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(http_port),
-    ]
+    args = nothing_listens(db_port, mq_port, http_port)
     proc = serve("coordinator", *args, log=log)
     try:
 

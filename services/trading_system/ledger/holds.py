@@ -24,7 +24,15 @@ from trading_system.ledger.errors import (
     UnknownAccountError,
     UnknownAssetError,
 )
-from trading_system.ledger.procedures import CALL_BIND, CALL_RELEASE, CALL_RESERVE, call, on_postgres
+from trading_system.ledger.procedures import (
+    CALL_BIND,
+    CALL_RELEASE,
+    CALL_RESERVE,
+    HOLD_FIELDS,
+    RETURNED_HOLD_FIELDS,
+    call,
+    on_postgres,
+)
 from trading_system.ledger.schema import balances, holds
 from trading_system.ledger.types import (
     EntryKind,
@@ -38,17 +46,7 @@ from trading_system.ledger.validation import require_amount, require_id
 from trading_system.storage.fencing import FencedError, FenceToken, check_fence
 from trading_system.storage.transactions import Database, transaction
 
-HOLD_COLUMNS = (
-    holds.c.hold_id,
-    holds.c.account_id,
-    holds.c.asset,
-    holds.c.order_id,
-    holds.c.reserved,
-    holds.c.remaining,
-    holds.c.order_qty,
-    holds.c.filled_qty,
-    holds.c.state,
-)
+HOLD_COLUMNS = tuple(holds.c[name] for name in HOLD_FIELDS)
 _CLOSED = (HoldState.RELEASED, HoldState.CONSUMED)
 
 # Statements used on every order are built once: building a SQLAlchemy construct per
@@ -108,32 +106,25 @@ def _expect(row: Any, status: str) -> None:
         raise RuntimeError(f"unexpected ledger function answer {row.status!r}")
 
 
+def hold_from_row(row: Any, columns: tuple[str, ...] = HOLD_FIELDS) -> Hold:
+    hold_id, account_id, asset, order_id, reserved, remaining, order_qty, filled_qty, state = (
+        getattr(row, column) for column in columns
+    )
+    return Hold(
+        hold_id=hold_id,
+        account_id=account_id,
+        asset=asset,
+        order_id=order_id,
+        reserved=int(reserved),
+        remaining=int(remaining),
+        order_qty=int(order_qty),
+        filled_qty=int(filled_qty),
+        state=HoldState(state),
+    )
+
+
 def _returned_hold(row: Any) -> Hold:
-    return Hold(
-        hold_id=row.h_id,
-        account_id=row.h_account,
-        asset=row.h_asset,
-        order_id=row.h_order,
-        reserved=int(row.h_reserved),
-        remaining=int(row.h_remaining),
-        order_qty=int(row.h_qty),
-        filled_qty=int(row.h_filled),
-        state=HoldState(row.h_state),
-    )
-
-
-def hold_from_row(row: Any) -> Hold:
-    return Hold(
-        hold_id=row.hold_id,
-        account_id=row.account_id,
-        asset=row.asset,
-        order_id=row.order_id,
-        reserved=int(row.reserved),
-        remaining=int(row.remaining),
-        order_qty=int(row.order_qty),
-        filled_qty=int(row.filled_qty),
-        state=HoldState(row.state),
-    )
+    return hold_from_row(row, RETURNED_HOLD_FIELDS)
 
 
 async def reserve(

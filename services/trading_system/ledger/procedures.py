@@ -32,7 +32,9 @@ _HOLD_OUT = (
     "h_id text, h_account text, h_asset text, h_order text, h_reserved bigint, h_remaining bigint, "
     "h_qty bigint, h_filled bigint, h_state text"
 )
-_HOLD_COLUMNS = [
+# A hold's fields, in order, as the holds table names them and as the functions return
+# them (prefixed there, so that PL/pgSQL's OUT parameters do not shadow the columns).
+HOLD_FIELDS = (
     "hold_id",
     "account_id",
     "asset",
@@ -42,8 +44,19 @@ _HOLD_COLUMNS = [
     "order_qty",
     "filled_qty",
     "state",
-]
-_HOLD_RETURN = ", ".join(f"h.{column}" for column in _HOLD_COLUMNS)
+)
+RETURNED_HOLD_FIELDS = (
+    "h_id",
+    "h_account",
+    "h_asset",
+    "h_order",
+    "h_reserved",
+    "h_remaining",
+    "h_qty",
+    "h_filled",
+    "h_state",
+)
+_HOLD_RETURN = ", ".join(f"h.{column}" for column in HOLD_FIELDS)
 _NO_HOLD = ", ".join(["NULL::text"] * 4 + ["NULL::bigint"] * 4 + ["NULL::text"])
 
 _FENCE_CHECK = """
