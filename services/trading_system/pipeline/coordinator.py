@@ -212,20 +212,25 @@ class CoordinatorDriver:
 
     # -- placing ------------------------------------------------------------------------
 
-    async def place(self, order: OrderRequest) -> p.Transaction | None:
+    async def place(
+        self, order: OrderRequest, *, created: asyncio.Future[Any] | None = None
+    ) -> p.Transaction | None:
         """Run the transaction up to the venue: returns once the order is sent or aborted.
 
         A second placement of the same order id starts nothing (None): the transaction
-        id is derived from the order id, and the store keeps one row per id.
+        id is derived from the order id, and the store keeps one row per id. ``created``
+        is resolved once the creation is committed (True) or found a duplicate (False).
         """
         txn_id = txn_id_for(order.order_id)
         now = self.clock()
         txn = p.Transaction.new(txn_id, PARTICIPANTS, self.owner, now)
         lock = self._locks.setdefault(txn_id, asyncio.Lock())
         async with lock:
-            if not await self.store.create(
+            new = await self.store.create(
                 txn, order, self.owner, now, self.lease.ttl, txn.deadline(self.timeouts)
-            ):
+            )
+            _resolve(created, new)
+            if not new:
                 self.stats.duplicates += 1
                 return None
             return await self._run(Claim(txn, order, taken_over=False, previous_owner=None), p.Begin(now))
@@ -243,41 +248,10 @@ class CoordinatorDriver:
         """
         if self._placing is None:
             self._placing = asyncio.Semaphore(limit)
-        await self._placing.acquire()
-        created: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        task = asyncio.create_task(self._place_in_background(order, created), name="coordinator-place")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return await asyncio.shield(created)
-
-    async def _place_in_background(self, order: OrderRequest, created: asyncio.Future[bool]) -> None:
-        assert self._placing is not None
-        try:
-            txn_id = txn_id_for(order.order_id)
-            now = self.clock()
-            txn = p.Transaction.new(txn_id, PARTICIPANTS, self.owner, now)
-            lock = self._locks.setdefault(txn_id, asyncio.Lock())
-            async with lock:
-                try:
-                    new = await self.store.create(
-                        txn, order, self.owner, now, self.lease.ttl, txn.deadline(self.timeouts)
-                    )
-                except BaseException as exc:
-                    created.set_exception(exc)
-                    raise
-                created.set_result(new)
-                if not new:
-                    self.stats.duplicates += 1
-                    return
-                await self._run(Claim(txn, order, taken_over=False, previous_owner=None), p.Begin(now))
-        except Exception:
-            # The creation is durable and its lease runs out: a sweep re-drives it.
-            if created.done() and not created.cancelled() and created.exception() is None:
-                log.exception("placement of %s failed after its creation", order.order_id)
-        finally:
-            if not created.done():  # stopped before the creation: the request is retried
-                created.set_exception(RuntimeError(f"placement of {order.order_id} stopped"))
-            self._placing.release()
+        created = await self._detach(
+            self._placing, lambda signal: self.place(order, created=signal), f"placement of {order.order_id}"
+        )
+        return bool(created)
 
     async def cancel(self, order: OrderRequest, *, compensation: bool = False) -> None:
         """A client cancel goes straight to the venue; the venue's event closes the order.
@@ -303,7 +277,7 @@ class CoordinatorDriver:
         event: p.Event | None,
         *,
         wait: bool = True,
-        durable: asyncio.Future[None] | None = None,
+        durable: asyncio.Future[Any] | None = None,
     ) -> p.Transaction | None:
         """Apply ``event`` (None: only take over or time out what is due) under the lease.
 
@@ -344,7 +318,7 @@ class CoordinatorDriver:
                 delay = min(delay * 2, 0.1)
 
     async def _run(
-        self, claim: Claim, event: p.Event | None, durable: asyncio.Future[None] | None = None
+        self, claim: Claim, event: p.Event | None, durable: asyncio.Future[Any] | None = None
     ) -> p.Transaction:
         # Only leases of steps in progress are renewed (placements included): a step that
         # died on a database error lets its lease expire, and a sweep takes it over.
@@ -355,7 +329,7 @@ class CoordinatorDriver:
             self.in_flight.discard(claim.transaction.txn_id)
 
     async def _step(
-        self, claim: Claim, event: p.Event | None, durable: asyncio.Future[None] | None = None
+        self, claim: Claim, event: p.Event | None, durable: asyncio.Future[Any] | None = None
     ) -> p.Transaction:
         """Apply the events and run their effects; ``durable`` is resolved once the first
         step is saved (the event is then part of the stored transaction)."""
@@ -566,31 +540,51 @@ class CoordinatorDriver:
         """
         if self._driving is None:
             self._driving = asyncio.Semaphore(limit)
-        await self._driving.acquire()
-        durable: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        task = asyncio.create_task(
-            self._drive_in_background(txn_id, event, durable), name="coordinator-drive"
+        await self._detach(
+            self._driving, lambda signal: self.drive(txn_id, event, durable=signal), f"step of {txn_id}"
         )
+
+    async def _detach(
+        self,
+        slots: asyncio.Semaphore,
+        work: Callable[[asyncio.Future[Any]], Awaitable[object]],
+        what: str,
+    ) -> Any:
+        """Run ``work`` in the background, in one of ``slots`` (waiting for a slot is the
+        caller's back pressure); return what it signals once its first write is durable.
+
+        An error before that signal is raised here, so the message is retried as before;
+        an error after it is only logged: the lease runs out and a sweep re-drives the
+        saved phase. Work that ends without signalling changed nothing (None).
+        """
+        await slots.acquire()
+        signal: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(self._detached(slots, work, signal, what), name=f"coordinator: {what}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        await asyncio.shield(durable)
+        return await asyncio.shield(signal)
 
-    async def _drive_in_background(self, txn_id: str, event: p.Event, durable: asyncio.Future[None]) -> None:
-        assert self._driving is not None
+    async def _detached(
+        self,
+        slots: asyncio.Semaphore,
+        work: Callable[[asyncio.Future[Any]], Awaitable[object]],
+        signal: asyncio.Future[Any],
+        what: str,
+    ) -> None:
         try:
-            await self.drive(txn_id, event, durable=durable)
+            await work(signal)
         except BaseException as exc:
-            if not durable.done():
-                durable.set_exception(exc)  # not saved: the handler fails, the message is retried
+            if not signal.done():
+                # A cancellation is this task's, not the caller's: the caller gets an error.
+                signal.set_exception(exc if isinstance(exc, Exception) else RuntimeError(f"{what} stopped"))
             elif isinstance(exc, Exception):
-                # Saved already: the lease runs out and a sweep re-drives the saved phase.
-                log.exception("step of %s failed after its event was saved", txn_id)
+                log.exception("%s failed after it was made durable", what)
             if not isinstance(exc, Exception):
                 raise
         else:
-            _resolve(durable)
+            _resolve(signal)
         finally:
-            self._driving.release()
+            slots.release()
 
     def _spawn(self, txn_id: str, event: p.Event) -> None:
         # Transactions advance concurrently (their ledger writes share group commits);
@@ -632,9 +626,9 @@ class CoordinatorDriver:
         return order_id_of(txn_id)
 
 
-def _resolve(durable: asyncio.Future[None] | None) -> None:
-    if durable is not None and not durable.done():
-        durable.set_result(None)
+def _resolve(signal: asyncio.Future[Any] | None, value: object = None) -> None:
+    if signal is not None and not signal.done():
+        signal.set_result(value)
 
 
 def venue_events(events: tuple[tuple[Any, ...], ...], now: float) -> list[tuple[str, p.Event]]:
