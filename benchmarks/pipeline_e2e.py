@@ -31,6 +31,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import text
 
@@ -63,60 +64,49 @@ class Commits:
         return len(self.committed) / span if span > 0 else 0.0
 
 
-async def commits(dsn: str, prefix: str) -> Commits:
-    """API (execution created_at) to DoCommit (the coordinator's committed step)."""
+async def query(dsn: str, *statements: str, prefix: str) -> list[list[Any]]:
+    """The rows of each statement (``:prefix`` bound to this run's client order ids)."""
     db = create_engine(dsn)
     try:
         async with db.connect() as conn:
-            rows = (
-                await conn.execute(
-                    text(
-                        "SELECT o.created_at AS created, e.at AS committed FROM execution_orders o "
-                        "JOIN coordinator_transaction_events e ON e.txn_id = 'txn-' || o.order_id "
-                        "WHERE e.to_phase = 'committed' AND o.client_order_id LIKE :prefix"
-                    ),
-                    {"prefix": f"{prefix}-%"},
-                )
-            ).all()
-        return Commits([float(r.created) for r in rows], [float(r.committed) for r in rows])
+            return [
+                list((await conn.execute(text(sql), {"prefix": f"{prefix}-%"})).all()) for sql in statements
+            ]
     finally:
         await db.dispose()
+
+
+async def commits(dsn: str, prefix: str) -> Commits:
+    """API (execution created_at) to DoCommit (the coordinator's committed step)."""
+    (rows,) = await query(
+        dsn,
+        "SELECT o.created_at AS created, e.at AS committed FROM execution_orders o "
+        "JOIN coordinator_transaction_events e ON e.txn_id = 'txn-' || o.order_id "
+        "WHERE e.to_phase = 'committed' AND o.client_order_id LIKE :prefix",
+        prefix=prefix,
+    )
+    return Commits([float(r.created) for r in rows], [float(r.committed) for r in rows])
 
 
 async def stages(dsn: str, prefix: str) -> tuple[dict[str, float], dict[str, int]]:
     """Median seconds per stage of the committed transactions, and how many aborted:
     where the time between the API and DoCommit went."""
-    db = create_engine(dsn)
-    try:
-        async with db.connect() as conn:
-            rows = (
-                await conn.execute(
-                    text(
-                        "SELECT o.created_at AS api, "
-                        "min(e.at) FILTER (WHERE e.name = 'Created') AS created, "
-                        "min(e.at) FILTER (WHERE e.to_phase = 'pre_commit') AS pre_commit, "
-                        "min(e.at) FILTER (WHERE e.to_phase = 'do_commit') AS do_commit, "
-                        "min(e.at) FILTER (WHERE e.to_phase = 'committed') AS committed "
-                        "FROM execution_orders o JOIN coordinator_transaction_events e "
-                        "ON e.txn_id = 'txn-' || o.order_id WHERE o.client_order_id LIKE :prefix "
-                        "GROUP BY o.order_id, o.created_at"
-                    ),
-                    {"prefix": f"{prefix}-%"},
-                )
-            ).all()
-            reasons = (
-                await conn.execute(
-                    text(
-                        "SELECT split_part(coalesce(t.outcome_reason, ''), ':', 1) AS reason, count(*) AS n "
-                        "FROM execution_orders o JOIN coordinator_transactions t "
-                        "ON t.txn_id = 'txn-' || o.order_id WHERE o.client_order_id LIKE :prefix "
-                        "AND t.phase = 'aborted' GROUP BY 1 ORDER BY 2 DESC"
-                    ),
-                    {"prefix": f"{prefix}-%"},
-                )
-            ).all()
-    finally:
-        await db.dispose()
+    rows, reasons = await query(
+        dsn,
+        "SELECT o.created_at AS api, "
+        "min(e.at) FILTER (WHERE e.name = 'Created') AS created, "
+        "min(e.at) FILTER (WHERE e.to_phase = 'pre_commit') AS pre_commit, "
+        "min(e.at) FILTER (WHERE e.to_phase = 'do_commit') AS do_commit, "
+        "min(e.at) FILTER (WHERE e.to_phase = 'committed') AS committed "
+        "FROM execution_orders o JOIN coordinator_transaction_events e "
+        "ON e.txn_id = 'txn-' || o.order_id WHERE o.client_order_id LIKE :prefix "
+        "GROUP BY o.order_id, o.created_at",
+        "SELECT split_part(coalesce(t.outcome_reason, ''), ':', 1) AS reason, count(*) AS n "
+        "FROM execution_orders o JOIN coordinator_transactions t "
+        "ON t.txn_id = 'txn-' || o.order_id WHERE o.client_order_id LIKE :prefix "
+        "AND t.phase = 'aborted' GROUP BY 1 ORDER BY 2 DESC",
+        prefix=prefix,
+    )
     done = [r for r in rows if None not in (r.created, r.pre_commit, r.do_commit, r.committed)]
     spans = {
         "api->created": [r.created - r.api for r in done],
