@@ -69,6 +69,21 @@ class ScenarioResult:
         )
 
 
+def symbol_entries(specs: Sequence[SymbolSpec] = SPECS) -> list[dict[str, Any]]:
+    """The demo's symbols (what the load generator trades) as TradingSystem spec entries."""
+    out = []
+    for s in specs:
+        out.append(
+            {
+                "name": s.symbol,
+                "tickSize": str(s.tick_size),
+                "lotSize": str(s.lot_size),
+                "priceBandPercent": s.band_bps // 100,
+            }
+        )
+    return out
+
+
 class PipelineUnderTest:
     def __init__(
         self, directory: Path, db_url: str, bus_urls: list[str], placement: Placement | None = None
@@ -310,6 +325,17 @@ async def journal_epochs(db_url: str, engine_id: str = ENGINE_ID) -> list[tuple[
             return [(int(r.seq), int(r.epoch)) for r in rows]
     finally:
         await db.dispose()
+
+
+async def first_seq_from(db: Any, engine_id: str, epoch: int) -> int | None:
+    """The journal's first entry at ``epoch`` or later: the new active matching again."""
+    async with db.connect() as conn:
+        row = await conn.execute(
+            text("SELECT min(seq) FROM matching_journal WHERE engine_id = :e AND epoch >= :epoch"),
+            {"e": engine_id, "epoch": epoch},
+        )
+        value = row.scalar()
+    return None if value is None else int(value)
 
 
 def assert_invariants(result: ScenarioResult) -> None:

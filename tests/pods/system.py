@@ -14,19 +14,19 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 from sqlalchemy.engine import make_url
 
+from tests.chaos.harness import symbol_entries
 from tests.environment.kubernetes import REPO_ROOT
 from tests.environment.processes import EnvironmentFailure, wait_until
 from tests.pods.cluster import PodCluster
 from trading_operator import api
 from trading_operator.k8s_io import Kube
-from trading_system.demo.run import SPECS
 from trading_system.matching.core import SymbolSpec
 from trading_system.matching.service.cli import symbols_from_config
 
@@ -41,21 +41,6 @@ def small(cpu: str, memory: str, limit: str) -> dict[str, Any]:
     return {"requests": {"cpu": cpu, "memory": memory}, "limits": {"memory": limit}}
 
 
-def symbols(specs: Sequence[SymbolSpec] = SPECS) -> list[dict[str, Any]]:
-    """The demo's symbols (what the load generator trades) as TradingSystem spec entries."""
-    out = []
-    for s in specs:
-        out.append(
-            {
-                "name": s.symbol,
-                "tickSize": str(s.tick_size),
-                "lotSize": str(s.lot_size),
-                "priceBandPercent": s.band_bps // 100,
-            }
-        )
-    return out
-
-
 def sample(cluster: PodCluster) -> dict[str, Any]:
     ts: dict[str, Any] = yaml.safe_load(
         (REPO_ROOT / "manifests" / "samples" / "tradingsystem.yaml").read_text()
@@ -63,7 +48,7 @@ def sample(cluster: PodCluster) -> dict[str, Any]:
     spec = ts["spec"]
     repository, tag = cluster.images.project
     spec["image"] = {"repository": repository, "tag": tag, "pullPolicy": "IfNotPresent"}
-    spec["symbols"] = symbols()
+    spec["symbols"] = symbol_entries()
     spec["rabbitmq"].update(resources=small("100m", "256Mi", "1Gi"))
     spec["rabbitmq"]["storage"] = {"size": VOLUME_SIZE}
     if cluster.images.rabbitmq:

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import pytest
-from sqlalchemy import text
 
 from tests.chaos.harness import (
     ACCOUNTS,
@@ -31,6 +30,7 @@ from tests.chaos.harness import (
     assert_invariants,
     check_pipeline,
     drive_load,
+    first_seq_from,
     journal_epochs,
 )
 from tests.pods.system import NAME, NAMESPACE, OPERATOR_NAMESPACE, DemoSystem
@@ -211,15 +211,12 @@ async def first_entry_after(fault: Fault, db_url: str, epoch: int) -> float:
     """Seconds from the fault to the matching journal's first entry at an epoch above
     ``epoch``: the new active matching again."""
     db = create_engine(db_url)
-    query = text("SELECT 1 FROM matching_journal WHERE engine_id = :e AND epoch > :epoch LIMIT 1")
     try:
-        while True:
-            async with db.connect() as conn:
-                if (await conn.execute(query, {"e": NAME, "epoch": epoch})).first() is not None:
-                    return time.monotonic() - fault.started
+        while await first_seq_from(db, NAME, epoch + 1) is None:
             if time.monotonic() - fault.started > 180:
                 raise AssertionError("no journal entry at the new epoch within 180 s of the fault")
             await asyncio.sleep(0.05)  # polling period
+        return time.monotonic() - fault.started
     finally:
         await db.dispose()
 

@@ -20,7 +20,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from sqlalchemy import text
 
 from tests.chaos.harness import (
     ACCOUNTS,
@@ -28,7 +27,9 @@ from tests.chaos.harness import (
     assert_invariants,
     check_pipeline,
     drive_load,
+    first_seq_from,
     journal_epochs,
+    symbol_entries,
 )
 from tests.environment.kubernetes import ControlPlane
 from tests.k8s.conftest import OperatorProcess
@@ -37,7 +38,6 @@ from tests.k8s.operator.conftest import apply, is_ready, pair_status, trading_sy
 from tests.unit.bus.support import eventually
 from trading_operator import api
 from trading_operator.k8s_io import Kube
-from trading_system.demo.run import SPECS
 from trading_system.local.loadgen import seed_ledger
 from trading_system.matching.core import SymbolSpec
 from trading_system.matching.service.cli import symbols_from_config
@@ -51,19 +51,10 @@ PIPELINE_PODS = 6  # 2 matching + 2 execution + 2 coordinators
 
 def pipeline_system(namespace: str, db_secret: str) -> dict[str, Any]:
     """The load generator's symbols (the demo's), an external database, fast probes."""
-    symbols = [
-        {
-            "name": s.symbol,
-            "tickSize": str(s.tick_size),
-            "lotSize": str(s.lot_size),
-            "priceBandPercent": s.band_bps // 100,
-        }
-        for s in SPECS
-    ]
     return trading_system(
         namespace,
         NAME,
-        symbols=symbols,
+        symbols=symbol_entries(),
         database={"dev": False, "secretRef": {"name": db_secret, "key": "dsn"}},
         # Nothing serves the fake RabbitMQ pods' management API.
         rabbitmq={"managementChecks": False},
@@ -95,7 +86,7 @@ class FailoverClock:
                         self.process_stopped = self.since()
                     if self.promoted is None and await _reports(http, runner, new, "active", epoch):
                         self.promoted = self.since()
-                    if self.first_event is None and await _first_seq(db, epoch) is not None:
+                    if self.first_event is None and await first_seq_from(db, NAME, epoch) is not None:
                         self.first_event = self.since()
                     if self.status is None:
                         pair = await asyncio.to_thread(pair_status, kube, namespace, "matching", NAME)
@@ -116,16 +107,6 @@ async def _reports(http: aiohttp.ClientSession, runner: PodRunner, pod: str, rol
     except (aiohttp.ClientError, TimeoutError, ValueError):
         return False
     return isinstance(body, dict) and body.get("role") == role and body.get("epoch") == epoch
-
-
-async def _first_seq(db: Any, epoch: int) -> int | None:
-    async with db.connect() as conn:
-        row = await conn.execute(
-            text("SELECT min(seq) FROM matching_journal WHERE engine_id = :e AND epoch = :epoch"),
-            {"e": NAME, "epoch": epoch},
-        )
-        value = row.scalar()
-    return None if value is None else int(value)
 
 
 async def _all_healthy(runner: PodRunner) -> bool:
